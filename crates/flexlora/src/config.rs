@@ -1,0 +1,557 @@
+//! The run configuration: one TOML file, one struct per section, `--set key=value` overrides.
+//!
+//! Every section rejects unknown keys, and [`Config::validate`] rejects impossible values with
+//! the key and the allowed range, so a typo never silently falls back to a default.
+
+use flexlora_core::{AdjustmentSchedule, AllocationDirection, BudgetSchedule, Importance};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use thiserror::Error;
+
+/// A configuration that could not be read, parsed or accepted.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The config file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML.
+    #[error("{path}: invalid TOML: {message}")]
+    Syntax {
+        /// The config file.
+        path: PathBuf,
+        /// The parser's message, with line and column.
+        message: String,
+    },
+    /// A `--set` argument is malformed or addresses something that is not a table.
+    #[error("--set {arg}: {message}")]
+    Override {
+        /// The argument as given.
+        arg: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// A key is unknown, missing or has the wrong type.
+    #[error("{origin}: `{key}`: {message}")]
+    Field {
+        /// The config file (and overrides, if any).
+        origin: String,
+        /// Dotted key path, e.g. `schedule.delta_t`.
+        key: String,
+        /// What was expected.
+        message: String,
+    },
+    /// A value is outside its allowed range.
+    #[error("{origin}: `{key}` = {value}: {message}")]
+    Invalid {
+        /// The config file (and overrides, if any).
+        origin: String,
+        /// Dotted key path.
+        key: String,
+        /// The value given.
+        value: String,
+        /// The allowed range.
+        message: String,
+    },
+}
+
+/// A complete run configuration (`configs/default.toml` documents every key).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The pretrained model and where adapters go.
+    pub model: ModelConfig,
+    /// The labelled data and its split.
+    pub data: DataConfig,
+    /// Which fine-tuning method, and its adapter shape.
+    pub method: MethodConfig,
+    /// How FlexLoRA scores matrices and moves ranks.
+    #[serde(default)]
+    pub allocation: AllocationConfig,
+    /// When ranks move, and how many (`b(t)`).
+    #[serde(default)]
+    pub schedule: ScheduleConfig,
+    /// AdamW and the learning-rate schedule.
+    #[serde(default)]
+    pub optimiser: OptimiserConfig,
+    /// Epochs, batching, seed and threads.
+    #[serde(default)]
+    pub training: TrainingConfig,
+}
+
+/// `[model]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// A Hugging Face checkpoint folder (config.json, model.safetensors, tokenizer.json).
+    pub path: PathBuf,
+    /// Module-path patterns of the linear layers to adapt (PEFT's `target_modules`).
+    #[serde(default = "default_targets")]
+    pub target_modules: Vec<String>,
+}
+
+/// File format of a data set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DataFormat {
+    /// Comma-separated values.
+    Csv,
+    /// Tab-separated values.
+    Tsv,
+    /// One JSON object per line.
+    Jsonl,
+}
+
+/// A column of a CSV/TSV file or a field of a JSON line: `1` (0-based index) or `"sentence"`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Column {
+    /// 0-based position.
+    Index(usize),
+    /// Header name or JSON field.
+    Name(String),
+}
+
+/// `[data]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    /// The data file.
+    pub path: PathBuf,
+    /// Its format.
+    pub format: DataFormat,
+    /// Whether the first row is a header (CSV/TSV).
+    #[serde(default)]
+    pub has_header: bool,
+    /// Column holding the text: a header name, or a 0-based index.
+    pub text_column: Column,
+    /// Column holding the label.
+    pub label_column: Column,
+    /// Fraction of examples for training; the split is a seeded shuffle.
+    #[serde(default = "default_train_fraction")]
+    pub train_fraction: f64,
+    /// Fraction for validation (model selection); the rest is the test set.
+    #[serde(default = "default_validation_fraction")]
+    pub validation_fraction: f64,
+    /// Seed of the split's shuffle (independent of the training seed).
+    #[serde(default)]
+    pub split_seed: u64,
+    /// Inputs are truncated to this many tokens.
+    #[serde(default = "default_max_length")]
+    pub max_length: usize,
+}
+
+/// The fine-tuning methods.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MethodName {
+    /// SVD adapters with entropy-guided bidirectional rank allocation.
+    Flexlora,
+    /// Fixed-rank LoRA.
+    Lora,
+    /// AdaLoRA (prune-only, sensitivity-scored, cubic budget).
+    Adalora,
+    /// Full fine-tuning (reference point, no adapters).
+    Full,
+}
+
+/// Which orthogonality penalty (METHOD.md §1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OrthNorm {
+    /// `‖PᵀP − I‖_F` (what the published numbers used).
+    #[default]
+    Fro,
+    /// `‖PᵀP − I‖_F²` (the paper's formula).
+    Fro2,
+}
+
+/// How the adapter scale `s` is computed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScalePolicy {
+    /// `s = α / r_init`, fixed for the run (the reference's behaviour).
+    #[default]
+    InitRank,
+    /// `s = α / r_current`, updated when the rank changes.
+    CurrentRank,
+}
+
+/// `[method]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MethodConfig {
+    /// The method.
+    pub name: MethodName,
+    /// Initial rank of every adapted matrix.
+    #[serde(default = "default_r_init")]
+    pub r_init: usize,
+    /// Rank capacity of every matrix (FlexLoRA slots).
+    #[serde(default = "default_r_max")]
+    pub r_max: usize,
+    /// AdaLoRA's final average rank.
+    #[serde(default = "default_target_r")]
+    pub target_r: usize,
+    /// The `α` of the scale `α / r`.
+    #[serde(default = "default_alpha")]
+    pub alpha: f64,
+    /// Dropout on the adapter input.
+    #[serde(default)]
+    pub dropout: f64,
+    /// Weight `γ` of the orthogonality regulariser (SVD-form methods).
+    #[serde(default = "default_orth_reg_weight")]
+    pub orth_reg_weight: f64,
+    /// Which norm the regulariser uses.
+    #[serde(default)]
+    pub orth_norm: OrthNorm,
+    /// How the scale follows rank changes.
+    #[serde(default)]
+    pub scale: ScalePolicy,
+}
+
+/// Initialisation of a newly added direction (METHOD.md §4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NewDirectionInit {
+    /// `λ = 0`, P column and Q row Gaussian: the layer output is unchanged.
+    #[default]
+    Zero,
+    /// `λ` small random as well.
+    Small,
+    /// Zero-impact, with P and Q vectors orthogonalised against the active ones.
+    Orthogonal,
+}
+
+/// `[allocation]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AllocationConfig {
+    /// Per-matrix importance metric.
+    #[serde(default)]
+    pub importance: Importance,
+    /// Use the true singular values of `P diag(λ) Q` instead of `λ`.
+    #[serde(default)]
+    pub exact_spectrum: bool,
+    /// Prune and expand, or only one of them (ablations).
+    #[serde(default)]
+    pub direction: AllocationDirection,
+    /// How a new direction starts.
+    #[serde(default)]
+    pub new_direction_init: NewDirectionInit,
+    /// Standard deviation of a new direction's P column and Q row (the reference uses 1).
+    #[serde(default = "default_new_direction_std")]
+    pub new_direction_std: f64,
+}
+
+/// `[schedule]`: the adjustment steps and `b(t)` (METHOD.md §3).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleConfig {
+    /// How `b(t)` decays.
+    #[serde(default)]
+    pub kind: BudgetSchedule,
+    /// Moves per adjustment at the start.
+    #[serde(default = "default_b0")]
+    pub b0: u32,
+    /// Warm-up optimiser steps before the first adjustment.
+    #[serde(default)]
+    pub t_init: u64,
+    /// Final optimiser steps with frozen ranks.
+    #[serde(default)]
+    pub t_final: u64,
+    /// Optimiser steps between adjustments.
+    #[serde(default = "default_delta_t")]
+    pub delta_t: u64,
+    /// `k` of the `exp` schedule.
+    #[serde(default = "default_exp_rate")]
+    pub exp_rate: f64,
+}
+
+/// Learning-rate schedule shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LrSchedule {
+    /// Linear warm-up, then linear decay to 0.
+    #[default]
+    Linear,
+    /// Linear warm-up, then cosine decay to 0.
+    Cosine,
+    /// Linear warm-up, then constant.
+    Constant,
+}
+
+/// `[optimiser]`: AdamW.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OptimiserConfig {
+    /// Peak learning rate.
+    #[serde(default = "default_lr")]
+    pub lr: f64,
+    /// Decoupled weight decay.
+    #[serde(default)]
+    pub weight_decay: f64,
+    /// Adam `β1`.
+    #[serde(default = "default_beta1")]
+    pub beta1: f64,
+    /// Adam `β2`.
+    #[serde(default = "default_beta2")]
+    pub beta2: f64,
+    /// Adam `ε`.
+    #[serde(default = "default_eps")]
+    pub eps: f64,
+    /// Learning-rate schedule.
+    #[serde(default)]
+    pub lr_schedule: LrSchedule,
+    /// Fraction of the optimiser steps spent warming up.
+    #[serde(default = "default_warmup_ratio")]
+    pub warmup_ratio: f64,
+    /// Clip gradients to this global norm; 0 turns clipping off.
+    #[serde(default = "default_clip_norm")]
+    pub clip_norm: f64,
+}
+
+/// `[training]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainingConfig {
+    /// Passes over the training set.
+    #[serde(default = "default_epochs")]
+    pub epochs: u64,
+    /// Examples per micro-batch.
+    #[serde(default = "default_batch_size")]
+    pub batch_size: u64,
+    /// Micro-batches per optimiser step.
+    #[serde(default = "default_grad_accum")]
+    pub grad_accum: u64,
+    /// Stop after this many optimiser steps (then `T` = this).
+    #[serde(default)]
+    pub max_steps: Option<u64>,
+    /// Seed of initialisation, shuffling and dropout.
+    #[serde(default)]
+    pub seed: u64,
+    /// Intra-op CPU threads.
+    #[serde(default = "default_threads")]
+    pub threads: usize,
+}
+
+fn default_targets() -> Vec<String> {
+    vec!["query".into(), "value".into()]
+}
+fn default_train_fraction() -> f64 {
+    0.7
+}
+fn default_validation_fraction() -> f64 {
+    0.1
+}
+fn default_max_length() -> usize {
+    64
+}
+fn default_r_init() -> usize {
+    8
+}
+fn default_r_max() -> usize {
+    16
+}
+fn default_target_r() -> usize {
+    8
+}
+fn default_alpha() -> f64 {
+    8.0
+}
+fn default_orth_reg_weight() -> f64 {
+    0.1
+}
+fn default_new_direction_std() -> f64 {
+    0.02
+}
+fn default_b0() -> u32 {
+    4
+}
+fn default_delta_t() -> u64 {
+    10
+}
+fn default_exp_rate() -> f64 {
+    5.0
+}
+fn default_lr() -> f64 {
+    5e-3
+}
+fn default_beta1() -> f64 {
+    0.9
+}
+fn default_beta2() -> f64 {
+    0.999
+}
+fn default_eps() -> f64 {
+    1e-8
+}
+fn default_warmup_ratio() -> f64 {
+    0.06
+}
+fn default_clip_norm() -> f64 {
+    1.0
+}
+fn default_epochs() -> u64 {
+    3
+}
+fn default_batch_size() -> u64 {
+    32
+}
+fn default_grad_accum() -> u64 {
+    1
+}
+fn default_threads() -> usize {
+    2
+}
+
+impl Default for AllocationConfig {
+    fn default() -> Self {
+        Self {
+            importance: Importance::default(),
+            exact_spectrum: false,
+            direction: AllocationDirection::default(),
+            new_direction_init: NewDirectionInit::default(),
+            new_direction_std: default_new_direction_std(),
+        }
+    }
+}
+
+impl Default for ScheduleConfig {
+    fn default() -> Self {
+        Self {
+            kind: BudgetSchedule::default(),
+            b0: default_b0(),
+            t_init: 0,
+            t_final: 0,
+            delta_t: default_delta_t(),
+            exp_rate: default_exp_rate(),
+        }
+    }
+}
+
+impl Default for OptimiserConfig {
+    fn default() -> Self {
+        Self {
+            lr: default_lr(),
+            weight_decay: 0.0,
+            beta1: default_beta1(),
+            beta2: default_beta2(),
+            eps: default_eps(),
+            lr_schedule: LrSchedule::default(),
+            warmup_ratio: default_warmup_ratio(),
+            clip_norm: default_clip_norm(),
+        }
+    }
+}
+
+impl Default for TrainingConfig {
+    fn default() -> Self {
+        Self {
+            epochs: default_epochs(),
+            batch_size: default_batch_size(),
+            grad_accum: default_grad_accum(),
+            max_steps: None,
+            seed: 0,
+            threads: default_threads(),
+        }
+    }
+}
+
+/// A config as loaded, with where it came from (for error messages and relative paths).
+#[derive(Debug, Clone)]
+pub struct LoadedConfig {
+    /// The validated configuration.
+    pub config: Config,
+    /// `"<file>"` or `"<file> with --set overrides"`.
+    pub origin: String,
+}
+
+impl Config {
+    /// Reads `path`, applies `--set key=value` overrides in order, and validates the result.
+    pub fn load(path: &Path, overrides: &[String]) -> Result<LoadedConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut table: toml::Table =
+            text.parse()
+                .map_err(|e: toml::de::Error| ConfigError::Syntax {
+                    path: path.to_path_buf(),
+                    message: e.to_string().trim_end().to_string(),
+                })?;
+        for arg in overrides {
+            crate::overrides::apply(&mut table, arg)?;
+        }
+        let origin = if overrides.is_empty() {
+            path.display().to_string()
+        } else {
+            format!("{} with --set overrides", path.display())
+        };
+        let config = Self::from_table(table, &origin)?;
+        config.validate(&origin)?;
+        Ok(LoadedConfig { config, origin })
+    }
+
+    /// Deserialises a TOML table, naming the key of any unknown field or wrong type.
+    pub fn from_table(table: toml::Table, origin: &str) -> Result<Self, ConfigError> {
+        serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+            let key = e.path().to_string();
+            ConfigError::Field {
+                origin: origin.to_string(),
+                key: if key == "." {
+                    "(top level)".into()
+                } else {
+                    key
+                },
+                // toml appends its own "in `key`" line; the key is already named above.
+                message: e
+                    .into_inner()
+                    .to_string()
+                    .lines()
+                    .filter(|l| !l.starts_with("in `") && !l.trim().is_empty())
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            }
+        })
+    }
+
+    /// Checks every value against its allowed range; see [`crate::validate`].
+    pub fn validate(&self, origin: &str) -> Result<(), ConfigError> {
+        crate::validate::check(self, origin)
+    }
+
+    /// Optimiser steps per epoch: `⌈⌈n_train / batch_size⌉ / grad_accum⌉` (a last partial
+    /// accumulation group still makes an optimiser step).
+    pub fn steps_per_epoch(&self, n_train: u64) -> u64 {
+        let t = &self.training;
+        n_train
+            .div_ceil(t.batch_size.max(1))
+            .div_ceil(t.grad_accum.max(1))
+    }
+
+    /// The total number of optimiser steps `T`: `training.max_steps` when set, otherwise
+    /// `epochs · steps_per_epoch(n_train)`.
+    pub fn total_steps(&self, n_train: u64) -> u64 {
+        self.training
+            .max_steps
+            .unwrap_or_else(|| self.training.epochs * self.steps_per_epoch(n_train))
+    }
+
+    /// The adjustment schedule for a run of `total_steps` optimiser steps.
+    pub fn adjustment_schedule(&self, total_steps: u64) -> AdjustmentSchedule {
+        let s = &self.schedule;
+        AdjustmentSchedule {
+            t_init: s.t_init,
+            t_final: s.t_final,
+            delta_t: s.delta_t,
+            total_steps,
+            b0: s.b0,
+            schedule: s.kind,
+            exp_rate: s.exp_rate,
+        }
+    }
+}

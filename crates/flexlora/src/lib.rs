@@ -1,0 +1,19 @@
+//! flexlora: FlexLoRA and its baselines on LibTorch.
+//!
+//! The method itself (importance metrics, schedules, the allocator) is the tensor-free crate
+//! [`flexlora_core`], re-exported as [`core`]. This crate adds the run configuration, data and
+//! the command line around it.
+
+pub use flexlora_core as core;
+
+pub mod cli;
+pub mod config;
+pub mod data;
+pub mod overrides;
+pub mod plan;
+pub mod validate;
+
+/// The README's code examples, compiled and run as doctests.
+#[doc = include_str!("../../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -1,0 +1,14 @@
+//! The `flexlora` binary: parses the command line and reports errors without panicking.
+
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    let cli = flexlora::cli::Cli::parse();
+    match flexlora::cli::run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,187 @@
+//! End-to-end tests of `flexlora schedule`: the real binary on the shipped default config and
+//! on broken configs.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn flexlora(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_flexlora"))
+        .args(args)
+        .current_dir(repo_root())
+        .output()
+        .expect("the flexlora binary runs")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn json(args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["schedule", "--json"];
+    all.extend_from_slice(args);
+    let out = flexlora(&all);
+    assert!(
+        out.status.success(),
+        "flexlora {all:?} failed: {}",
+        stderr(&out)
+    );
+    serde_json::from_slice(&out.stdout).expect("valid JSON")
+}
+
+/// The default config on the real Pang & Lee file: 4000 sentences, 2800 for training, batch 32
+/// -> 88 steps per epoch, 3 epochs -> T = 264; t_init 30, t_final 80, delta_t 10, b0 4, cubic.
+#[test]
+fn default_config_on_real_data() {
+    let plan = json(&["--config", "configs/default.toml"]);
+    assert_eq!(plan["steps"]["examples"], 4000);
+    assert_eq!(plan["steps"]["split"]["train"], 2800);
+    assert_eq!(plan["steps"]["steps_per_epoch"], 88);
+    assert_eq!(plan["total_steps"], 264);
+    assert_eq!(plan["freeze_step"], 184);
+    // b(t) = round_half_even(4 * (1 - (t - 30) / 154)^3) at t = 40, 50, ...:
+    // 3.27, 2.63, 2.09, 1.62, 1.23, 0.91, 0.65, then < 0.5.
+    let steps: Vec<(u64, u64)> = plan["adjustments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| (a["step"].as_u64().unwrap(), a["b"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(
+        steps,
+        vec![
+            (40, 3),
+            (50, 3),
+            (60, 2),
+            (70, 2),
+            (80, 1),
+            (90, 1),
+            (100, 1)
+        ]
+    );
+    assert_eq!(plan["max_slot_moves"], 13);
+}
+
+#[test]
+fn overrides_change_the_plan() {
+    let plan = json(&[
+        "--config",
+        "configs/default.toml",
+        "--set",
+        "training.max_steps=100",
+        "--set",
+        "schedule.kind=\"constant\"",
+        "--set",
+        "schedule.t_final=20",
+        "--set",
+        "schedule.delta_t=20",
+    ]);
+    assert_eq!(plan["total_steps"], 100);
+    assert_eq!(plan["steps"]["source"], "max_steps");
+    // 30 < t < 80, t - 30 multiple of 20: 50, 70; constant b = 4.
+    assert_eq!(
+        plan["adjustments"],
+        serde_json::json!([{"step": 50, "b": 4}, {"step": 70, "b": 4}])
+    );
+    assert_eq!(plan["max_slot_moves"], 8);
+}
+
+#[test]
+fn fixed_rank_methods_have_no_adjustments() {
+    let plan = json(&[
+        "--set",
+        "method.name=lora",
+        "--set",
+        "training.max_steps=50",
+    ]);
+    assert_eq!(plan["adjustments"], serde_json::json!([]));
+    assert_eq!(plan["freeze_step"], serde_json::Value::Null);
+}
+
+#[test]
+fn table_output_lists_steps_and_freeze() {
+    let out = flexlora(&["schedule", "--set", "training.max_steps=200"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("ranks freeze at step 120"), "{text}");
+    assert!(text.contains("T = 200 optimiser steps"), "{text}");
+}
+
+/// Each broken input exits non-zero with a message naming the key (or file) and the rule.
+#[test]
+fn bad_configs_are_clear_errors() {
+    let cases: &[(&[&str], &[&str])] = &[
+        (
+            &["--set", "schedule.t_innit=3"],
+            &["`schedule`", "unknown field `t_innit`"],
+        ),
+        (
+            &[
+                "--set",
+                "training.max_steps=100",
+                "--set",
+                "schedule.t_final=70",
+            ],
+            &["`schedule.t_init` = 30", "must be less than", "T (100)"],
+        ),
+        (
+            &["--set", "method.r_max=4"],
+            &["`method.r_max` = 4", "at least method.r_init (8)"],
+        ),
+        (
+            &["--set", "schedule.b0=0"],
+            &["`schedule.b0` = 0", "at least 1"],
+        ),
+        (
+            &["--set", "schedule.delta_t=-5"],
+            &["`schedule.delta_t`", "invalid value: integer `-5`"],
+        ),
+        (
+            &["--set", "method.dropout=1.5"],
+            &["`method.dropout` = 1.5", "[0, 1)"],
+        ),
+        (
+            &["--set", "schedule.kind=quartic"],
+            &["`schedule.kind`", "unknown variant `quartic`"],
+        ),
+        (&["--set", "schedule"], &["--set schedule:", "key=value"]),
+        (
+            &["--config", "does/not/exist.toml"],
+            &["cannot read config file does/not/exist.toml"],
+        ),
+        (
+            &["--set", "data.path=missing.csv"],
+            &["cannot read data file missing.csv"],
+        ),
+    ];
+    for (args, needles) in cases {
+        let mut all = vec!["schedule"];
+        all.extend_from_slice(args);
+        let out = flexlora(&all);
+        let err = stderr(&out);
+        assert!(!out.status.success(), "{args:?} should fail");
+        assert!(err.starts_with("error: "), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        for needle in *needles {
+            assert!(
+                err.contains(needle),
+                "{args:?}: expected {needle:?} in {err}"
+            );
+        }
+    }
+}
+
+#[test]
+fn invalid_toml_names_the_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("broken.toml");
+    std::fs::write(&path, "[model]\npath = \"x\"\n[data\n").unwrap();
+    let out = flexlora(&["schedule", "--config", path.to_str().unwrap()]);
+    let err = stderr(&out);
+    assert!(!out.status.success());
+    assert!(err.contains("broken.toml: invalid TOML"), "{err}");
+    assert!(err.contains("line 3"), "{err}");
+}
