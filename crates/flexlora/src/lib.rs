@@ -6,9 +6,12 @@
 
 pub use flexlora_core as core;
 
+pub mod adapter;
+pub mod allocation;
 pub mod cli;
 pub mod config;
 pub mod data;
+pub mod optim;
 pub mod overrides;
 pub mod plan;
 pub mod validate;

@@ -1,0 +1,161 @@
+//! One FlexLoRA allocation step, end to end: read the scores out of the adapters, ask the
+//! core's [`RankAllocator`], apply prunes then expansions, and restart exactly the changed
+//! slots' optimiser state.
+
+use crate::adapter::{AdapterError, SvdAdapter};
+use crate::config::NewDirectionInit;
+use crate::optim::{AdamW, OptimError};
+use flexlora_core::{
+    Importance, ImportanceMetric, MatrixRank, RankAllocator, slot_to_expand, slot_to_prune,
+};
+use serde::Serialize;
+use thiserror::Error;
+
+/// How the allocation step reads and changes the adapters.
+#[derive(Debug, Clone, Copy)]
+pub struct AllocationPolicy {
+    /// The per-matrix score.
+    pub importance: Importance,
+    /// Score the true singular values of `P diag(λ) Q` instead of `λ`.
+    pub exact_spectrum: bool,
+    /// Which side of the allocation is on.
+    pub allocator: RankAllocator,
+    /// How a new direction starts.
+    pub init: NewDirectionInit,
+    /// Standard deviation of a new direction's P column and Q row.
+    pub init_std: f64,
+}
+
+/// What one allocation step did (a line of `ranks.jsonl`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AllocationRecord {
+    /// The optimiser step after which the allocation ran.
+    pub step: u64,
+    /// `b(t)`.
+    pub b: u32,
+    /// Every matrix's score, computed once before any change.
+    pub scores: Vec<f64>,
+    /// `(matrix, slot)` pairs deactivated.
+    pub pruned: Vec<(usize, usize)>,
+    /// `(matrix, slot)` pairs activated.
+    pub expanded: Vec<(usize, usize)>,
+    /// Every matrix's rank after the step.
+    pub ranks: Vec<usize>,
+}
+
+/// An allocation step that could not be applied (an internal inconsistency, never expected).
+#[derive(Debug, Error)]
+pub enum AllocationError {
+    /// An adapter refused a change.
+    #[error("matrix {matrix}: {source}")]
+    Adapter {
+        /// The matrix index.
+        matrix: usize,
+        /// The adapter's error.
+        source: AdapterError,
+    },
+    /// The optimiser refused a reset.
+    #[error("matrix {matrix}: {source}")]
+    Optimiser {
+        /// The matrix index.
+        matrix: usize,
+        /// The optimiser's error.
+        source: OptimError,
+    },
+    /// The optimiser's groups do not line up with the adapters.
+    #[error("the optimiser has {groups} parameter groups but there are {adapters} adapters")]
+    Groups {
+        /// Groups in the optimiser.
+        groups: usize,
+        /// Adapters given.
+        adapters: usize,
+    },
+}
+
+/// Applies one allocation step with `b` moves to `adapters` (in the model's documented order),
+/// whose optimiser groups must be `0..adapters.len()` in the same order: register the adapters
+/// first (see [`register_adapters`]), other parameters after them.
+pub fn apply_allocation(
+    adapters: &mut [&mut SvdAdapter],
+    optimiser: &mut AdamW,
+    policy: &AllocationPolicy,
+    step: u64,
+    b: u32,
+) -> Result<AllocationRecord, AllocationError> {
+    if optimiser.groups() < adapters.len() {
+        return Err(AllocationError::Groups {
+            groups: optimiser.groups(),
+            adapters: adapters.len(),
+        });
+    }
+    let scores: Vec<f64> = adapters
+        .iter()
+        .map(|a| {
+            let spectrum = if policy.exact_spectrum {
+                a.exact_spectrum()
+            } else {
+                a.active_lambdas()
+            };
+            policy.importance.score(&spectrum)
+        })
+        .collect();
+    let matrices: Vec<MatrixRank> = adapters
+        .iter()
+        .zip(&scores)
+        .map(|(a, &score)| MatrixRank {
+            rank: a.rank(),
+            r_max: a.config().r_max,
+            score,
+        })
+        .collect();
+    let decision = policy.allocator.decide(&matrices, b as usize);
+
+    let mut pruned = Vec::with_capacity(decision.prune.len());
+    for &k in &decision.prune {
+        let a = &mut *adapters[k];
+        if let Some(slot) = slot_to_prune(&a.lambdas(), a.active()) {
+            a.prune(slot)
+                .map_err(|source| AllocationError::Adapter { matrix: k, source })?;
+            optimiser
+                .reset_slot(k, slot)
+                .map_err(|source| AllocationError::Optimiser { matrix: k, source })?;
+            pruned.push((k, slot));
+        }
+    }
+    let mut expanded = Vec::with_capacity(decision.expand.len());
+    for &k in &decision.expand {
+        let a = &mut *adapters[k];
+        if let Some(slot) = slot_to_expand(a.active()) {
+            a.expand(slot, policy.init, policy.init_std)
+                .map_err(|source| AllocationError::Adapter { matrix: k, source })?;
+            optimiser
+                .reset_slot(k, slot)
+                .map_err(|source| AllocationError::Optimiser { matrix: k, source })?;
+            expanded.push((k, slot));
+        }
+    }
+    Ok(AllocationRecord {
+        step,
+        b,
+        scores,
+        pruned,
+        expanded,
+        ranks: adapters.iter().map(|a| a.rank()).collect(),
+    })
+}
+
+/// Adds each adapter's `P`, `λ`, `Q` to `optimiser` as one group, in order, so group `k` is
+/// adapter `k`.
+pub fn register_adapters<'a>(
+    optimiser: &mut AdamW,
+    adapters: impl IntoIterator<Item = &'a SvdAdapter>,
+) {
+    for a in adapters {
+        let params: Vec<(&tch::Tensor, Option<usize>)> = a
+            .slotted_parameters()
+            .into_iter()
+            .map(|(t, axis)| (t, Some(axis)))
+            .collect();
+        optimiser.add_group(&params);
+    }
+}

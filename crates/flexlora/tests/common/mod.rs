@@ -1,0 +1,60 @@
+//! Test helpers: golden values from the project's Python venv, and tensor comparisons.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use tch::Tensor;
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Runs `python/golden/<script>` in the venv on `inputs` and returns its output tensors.
+/// Panics with a clear message when the venv is missing (`scripts/setup` makes it).
+pub fn golden(script: &str, inputs: &[(&str, &Tensor)]) -> HashMap<String, Tensor> {
+    let root = repo_root();
+    let python = root.join(".venv/bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: run scripts/setup (or scripts/test)",
+        python.display()
+    );
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (inp, out) = (
+        dir.path().join("in.safetensors"),
+        dir.path().join("out.safetensors"),
+    );
+    let owned: Vec<(&str, Tensor)> = inputs
+        .iter()
+        .map(|(n, t)| (*n, t.detach().contiguous()))
+        .collect();
+    Tensor::write_safetensors(&owned, &inp).expect("write golden inputs");
+    let status = std::process::Command::new(&python)
+        .arg(root.join("python/golden").join(script))
+        .arg(&inp)
+        .arg(&out)
+        .status()
+        .expect("run the venv's python");
+    assert!(status.success(), "python/golden/{script} failed");
+    Tensor::read_safetensors(&out)
+        .expect("read golden outputs")
+        .into_iter()
+        .collect()
+}
+
+/// Largest `|a − b| / max(|b|_∞, tiny)`: the error relative to the reference's scale.
+pub fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
+    assert_eq!(a.size(), b.size(), "shapes differ");
+    let a = a.to_kind(tch::Kind::Double);
+    let b = b.to_kind(tch::Kind::Double);
+    let diff = (&a - &b).abs().max().double_value(&[]);
+    let scale = b.abs().max().double_value(&[]).max(1e-30);
+    diff / scale
+}
+
+/// Asserts `rel_err(a, b) <= tol` with a message naming `what`.
+pub fn assert_close(what: &str, a: &Tensor, b: &Tensor, tol: f64) {
+    let e = rel_err(a, b);
+    assert!(e <= tol, "{what}: relative error {e:e} > {tol:e}");
+}
