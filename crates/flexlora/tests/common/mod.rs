@@ -13,6 +13,15 @@ pub fn repo_root() -> PathBuf {
 /// Runs `python/golden/<script>` in the venv on `inputs` and returns its output tensors.
 /// Panics with a clear message when the venv is missing (`scripts/setup` makes it).
 pub fn golden(script: &str, inputs: &[(&str, &Tensor)]) -> HashMap<String, Tensor> {
+    golden_with_args(script, &[], inputs)
+}
+
+/// As [`golden`], with `args` passed before the input and output files.
+pub fn golden_with_args(
+    script: &str,
+    args: &[&str],
+    inputs: &[(&str, &Tensor)],
+) -> HashMap<String, Tensor> {
     let root = repo_root();
     let python = root.join(".venv/bin/python");
     assert!(
@@ -32,6 +41,7 @@ pub fn golden(script: &str, inputs: &[(&str, &Tensor)]) -> HashMap<String, Tenso
     Tensor::write_safetensors(&owned, &inp).expect("write golden inputs");
     let status = std::process::Command::new(&python)
         .arg(root.join("python/golden").join(script))
+        .args(args)
         .arg(&inp)
         .arg(&out)
         .status()
@@ -41,6 +51,38 @@ pub fn golden(script: &str, inputs: &[(&str, &Tensor)]) -> HashMap<String, Tenso
         .expect("read golden outputs")
         .into_iter()
         .collect()
+}
+
+/// The all-MiniLM-L6-v2 folder fetched by `scripts/fetch-assets`.
+pub fn minilm() -> PathBuf {
+    let p = repo_root().join("assets/all-MiniLM-L6-v2");
+    assert!(
+        p.join("model.safetensors").exists(),
+        "{} is missing: run scripts/fetch-assets",
+        p.display()
+    );
+    p
+}
+
+/// Largest absolute difference.
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+    assert_eq!(a.size(), b.size(), "shapes differ");
+    (a.to_kind(tch::Kind::Double) - b.to_kind(tch::Kind::Double))
+        .abs()
+        .max()
+        .double_value(&[])
+}
+
+/// Largest absolute difference over the real (unpadded) tokens of `[batch, len, ...]` tensors.
+/// Hidden states at padded positions are never used downstream, and there even transformers'
+/// own attention implementations disagree with its f64 result by ~2e-5.
+pub fn max_abs_diff_real_tokens(a: &Tensor, b: &Tensor, attention_mask: &Tensor) -> f64 {
+    assert_eq!(a.size(), b.size(), "shapes differ");
+    let keep = attention_mask.to_kind(tch::Kind::Double).unsqueeze(-1);
+    ((a.to_kind(tch::Kind::Double) - b.to_kind(tch::Kind::Double)) * keep)
+        .abs()
+        .max()
+        .double_value(&[])
 }
 
 /// Largest `|a − b| / max(|b|_∞, tiny)`: the error relative to the reference's scale.

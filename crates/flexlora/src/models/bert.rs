@@ -1,0 +1,437 @@
+//! BERT-family encoders in the Hugging Face `BertModel` layout.
+//!
+//! Every linear layer is an [`AdaptedLinear`] reachable by its Hugging Face module path
+//! (`encoder.layer.3.attention.self.query`), so adapters can be injected by PEFT-style patterns.
+
+use super::hf::{CheckpointError, Weights, read_config};
+use crate::adapter::AdaptedLinear;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use tch::{Device, Kind, Tensor};
+
+/// The activation named by `hidden_act`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Activation {
+    /// Exact (erf) GELU: `gelu`.
+    #[serde(rename = "gelu")]
+    Gelu,
+    /// Tanh-approximated GELU: `gelu_new`, `gelu_pytorch_tanh`, `gelu_fast`.
+    #[serde(alias = "gelu_new", alias = "gelu_pytorch_tanh", alias = "gelu_fast")]
+    #[serde(rename = "gelu_tanh")]
+    GeluTanh,
+    /// `relu`.
+    #[serde(rename = "relu")]
+    Relu,
+    /// `silu` / `swish`.
+    #[serde(rename = "silu", alias = "swish")]
+    Silu,
+}
+
+impl Activation {
+    fn apply(self, x: &Tensor) -> Tensor {
+        match self {
+            Activation::Gelu => x.gelu("none"),
+            Activation::GeluTanh => x.gelu("tanh"),
+            Activation::Relu => x.relu(),
+            Activation::Silu => x.silu(),
+        }
+    }
+}
+
+fn default_model_type() -> String {
+    "bert".into()
+}
+fn default_position_embedding_type() -> String {
+    "absolute".into()
+}
+fn default_dropout() -> f64 {
+    0.1
+}
+fn default_layer_norm_eps() -> f64 {
+    1e-12
+}
+fn default_type_vocab_size() -> i64 {
+    2
+}
+fn default_initializer_range() -> f64 {
+    0.02
+}
+
+/// The fields of a BERT `config.json` that the architecture uses.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BertConfig {
+    /// Must be `bert`.
+    #[serde(default = "default_model_type")]
+    pub model_type: String,
+    /// Vocabulary size.
+    pub vocab_size: i64,
+    /// Hidden width.
+    pub hidden_size: i64,
+    /// Encoder layers.
+    pub num_hidden_layers: i64,
+    /// Attention heads (must divide `hidden_size`).
+    pub num_attention_heads: i64,
+    /// Feed-forward width.
+    pub intermediate_size: i64,
+    /// Feed-forward activation.
+    pub hidden_act: Activation,
+    /// Dropout after embeddings, attention output and feed-forward.
+    #[serde(default = "default_dropout")]
+    pub hidden_dropout_prob: f64,
+    /// Dropout on attention probabilities.
+    #[serde(default = "default_dropout")]
+    pub attention_probs_dropout_prob: f64,
+    /// Longest input in tokens.
+    pub max_position_embeddings: i64,
+    /// Segment vocabulary (2 for sentence pairs).
+    #[serde(default = "default_type_vocab_size")]
+    pub type_vocab_size: i64,
+    /// Layer-norm epsilon.
+    #[serde(default = "default_layer_norm_eps")]
+    pub layer_norm_eps: f64,
+    /// Only `absolute` is implemented.
+    #[serde(default = "default_position_embedding_type")]
+    pub position_embedding_type: String,
+    /// Std of newly initialised weights (heads).
+    #[serde(default = "default_initializer_range")]
+    pub initializer_range: f64,
+    /// Dropout before the classifier (defaults to `hidden_dropout_prob`).
+    #[serde(default)]
+    pub classifier_dropout: Option<f64>,
+}
+
+impl BertConfig {
+    /// Reads `<folder>/config.json` and checks that this build implements it.
+    pub fn from_folder(folder: &Path) -> Result<Self, CheckpointError> {
+        let c: BertConfig = read_config(folder)?;
+        let path = folder.join("config.json");
+        let unsupported = |field: &str, value: String, message: &str| {
+            Err(CheckpointError::Unsupported {
+                path: path.clone(),
+                field: field.into(),
+                value,
+                message: message.into(),
+            })
+        };
+        if c.model_type != "bert" {
+            return unsupported(
+                "model_type",
+                format!("{:?}", c.model_type),
+                "only \"bert\" checkpoints load as BERT encoders",
+            );
+        }
+        if c.position_embedding_type != "absolute" {
+            return unsupported(
+                "position_embedding_type",
+                format!("{:?}", c.position_embedding_type),
+                "only \"absolute\" position embeddings are implemented",
+            );
+        }
+        let positive = [
+            ("vocab_size", c.vocab_size),
+            ("hidden_size", c.hidden_size),
+            ("num_hidden_layers", c.num_hidden_layers),
+            ("num_attention_heads", c.num_attention_heads),
+            ("intermediate_size", c.intermediate_size),
+            ("max_position_embeddings", c.max_position_embeddings),
+            ("type_vocab_size", c.type_vocab_size),
+        ];
+        for (field, v) in positive {
+            if v <= 0 {
+                return unsupported(field, v.to_string(), "must be positive");
+            }
+        }
+        if c.hidden_size % c.num_attention_heads != 0 {
+            return unsupported(
+                "num_attention_heads",
+                c.num_attention_heads.to_string(),
+                &format!("must divide hidden_size ({})", c.hidden_size),
+            );
+        }
+        Ok(c)
+    }
+}
+
+/// A layer norm with its (frozen) affine parameters.
+#[derive(Debug)]
+pub struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f64,
+}
+
+impl LayerNorm {
+    fn load(
+        w: &Weights,
+        prefix: &str,
+        dim: i64,
+        eps: f64,
+        device: Device,
+    ) -> Result<Self, CheckpointError> {
+        Ok(Self {
+            weight: w.tensor(&format!("{prefix}.weight"), &[dim], Kind::Float, device)?,
+            bias: w.tensor(&format!("{prefix}.bias"), &[dim], Kind::Float, device)?,
+            eps,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Tensor {
+        x.layer_norm(
+            [self.weight.size()[0]],
+            Some(&self.weight),
+            Some(&self.bias),
+            self.eps,
+            false,
+        )
+    }
+}
+
+fn linear(
+    w: &Weights,
+    prefix: &str,
+    out: i64,
+    inp: i64,
+    device: Device,
+) -> Result<AdaptedLinear, CheckpointError> {
+    Ok(AdaptedLinear::new(
+        w.tensor(
+            &format!("{prefix}.weight"),
+            &[out, inp],
+            Kind::Float,
+            device,
+        )?,
+        Some(w.tensor(&format!("{prefix}.bias"), &[out], Kind::Float, device)?),
+    ))
+}
+
+/// One encoder layer.
+#[derive(Debug)]
+pub struct BertLayer {
+    /// `attention.self.query`.
+    pub query: AdaptedLinear,
+    /// `attention.self.key`.
+    pub key: AdaptedLinear,
+    /// `attention.self.value`.
+    pub value: AdaptedLinear,
+    /// `attention.output.dense`.
+    pub attention_output: AdaptedLinear,
+    attention_norm: LayerNorm,
+    /// `intermediate.dense`.
+    pub intermediate: AdaptedLinear,
+    /// `output.dense`.
+    pub output: AdaptedLinear,
+    output_norm: LayerNorm,
+}
+
+/// The module names inside a layer, in forward order (the order of every adapter list).
+pub const LAYER_MODULES: [&str; 6] = [
+    "attention.self.query",
+    "attention.self.key",
+    "attention.self.value",
+    "attention.output.dense",
+    "intermediate.dense",
+    "output.dense",
+];
+
+impl BertLayer {
+    fn linears_mut(&mut self) -> [&mut AdaptedLinear; 6] {
+        [
+            &mut self.query,
+            &mut self.key,
+            &mut self.value,
+            &mut self.attention_output,
+            &mut self.intermediate,
+            &mut self.output,
+        ]
+    }
+
+    fn linears(&self) -> [&AdaptedLinear; 6] {
+        [
+            &self.query,
+            &self.key,
+            &self.value,
+            &self.attention_output,
+            &self.intermediate,
+            &self.output,
+        ]
+    }
+}
+
+/// A BERT encoder (`BertModel` without pooler; see [`crate::models::heads`] for heads).
+#[derive(Debug)]
+pub struct BertModel {
+    /// The configuration it was built from.
+    pub config: BertConfig,
+    word_embeddings: Tensor,
+    position_embeddings: Tensor,
+    token_type_embeddings: Tensor,
+    embeddings_norm: LayerNorm,
+    /// The encoder layers.
+    pub layers: Vec<BertLayer>,
+    device: Device,
+}
+
+/// One tokenised batch, padded to its longest member.
+#[derive(Debug)]
+pub struct EncoderInput {
+    /// Token ids, `[batch, len]` (int64).
+    pub input_ids: Tensor,
+    /// 1 for real tokens, 0 for padding, `[batch, len]` (int64).
+    pub attention_mask: Tensor,
+    /// Segment ids, `[batch, len]` (int64).
+    pub token_type_ids: Tensor,
+}
+
+impl BertModel {
+    /// Loads a BERT encoder from a Hugging Face folder (`config.json`, `model.safetensors`)
+    /// onto `device`. Names may carry a `bert.` prefix. All weights are frozen.
+    pub fn from_folder(folder: &Path, device: Device) -> Result<(Self, Weights), CheckpointError> {
+        let config = BertConfig::from_folder(folder)?;
+        let w = Weights::read(folder, "bert.")?;
+        let h = config.hidden_size;
+        let eps = config.layer_norm_eps;
+        let emb = |name: &str, rows: i64| {
+            w.tensor(
+                &format!("embeddings.{name}.weight"),
+                &[rows, h],
+                Kind::Float,
+                device,
+            )
+        };
+        let word_embeddings = emb("word_embeddings", config.vocab_size)?;
+        let position_embeddings = emb("position_embeddings", config.max_position_embeddings)?;
+        let token_type_embeddings = emb("token_type_embeddings", config.type_vocab_size)?;
+        let embeddings_norm = LayerNorm::load(&w, "embeddings.LayerNorm", h, eps, device)?;
+        let mut layers = Vec::new();
+        for i in 0..config.num_hidden_layers {
+            let p = format!("encoder.layer.{i}");
+            let ff = config.intermediate_size;
+            layers.push(BertLayer {
+                query: linear(&w, &format!("{p}.attention.self.query"), h, h, device)?,
+                key: linear(&w, &format!("{p}.attention.self.key"), h, h, device)?,
+                value: linear(&w, &format!("{p}.attention.self.value"), h, h, device)?,
+                attention_output: linear(&w, &format!("{p}.attention.output.dense"), h, h, device)?,
+                attention_norm: LayerNorm::load(
+                    &w,
+                    &format!("{p}.attention.output.LayerNorm"),
+                    h,
+                    eps,
+                    device,
+                )?,
+                intermediate: linear(&w, &format!("{p}.intermediate.dense"), ff, h, device)?,
+                output: linear(&w, &format!("{p}.output.dense"), h, ff, device)?,
+                output_norm: LayerNorm::load(&w, &format!("{p}.output.LayerNorm"), h, eps, device)?,
+            });
+        }
+        let model = Self {
+            config,
+            word_embeddings,
+            position_embeddings,
+            token_type_embeddings,
+            embeddings_norm,
+            layers,
+            device,
+        };
+        Ok((model, w))
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    /// Module paths of every adaptable linear layer, in forward order (layer, then
+    /// [`LAYER_MODULES`] order).
+    pub fn linear_paths(&self) -> Vec<String> {
+        (0..self.layers.len())
+            .flat_map(|i| {
+                LAYER_MODULES
+                    .iter()
+                    .map(move |m| format!("encoder.layer.{i}.{m}"))
+            })
+            .collect()
+    }
+
+    /// Every adaptable linear layer, in the order of [`BertModel::linear_paths`].
+    pub fn linears_mut(&mut self) -> Vec<&mut AdaptedLinear> {
+        self.layers
+            .iter_mut()
+            .flat_map(|l| l.linears_mut())
+            .collect()
+    }
+
+    /// Every adaptable linear layer, in the order of [`BertModel::linear_paths`].
+    pub fn linears(&self) -> Vec<&AdaptedLinear> {
+        self.layers.iter().flat_map(|l| l.linears()).collect()
+    }
+
+    /// The last hidden states `[batch, len, hidden]`. `train` switches dropout on.
+    pub fn forward(&self, input: &EncoderInput, train: bool) -> Tensor {
+        let c = &self.config;
+        let (batch, len) = (input.input_ids.size()[0], input.input_ids.size()[1]);
+        let positions = Tensor::arange(len, (Kind::Int64, self.device)).unsqueeze(0);
+        let x = input.input_ids.embedding_lookup(&self.word_embeddings)
+            + positions.embedding_lookup(&self.position_embeddings)
+            + input
+                .token_type_ids
+                .embedding_lookup(&self.token_type_embeddings);
+        let mut h = self
+            .embeddings_norm
+            .forward(&x)
+            .dropout(c.hidden_dropout_prob, train);
+        // Additive mask: 0 where attended, the dtype's minimum where padded (as transformers).
+        let mask = (input.attention_mask.to_kind(Kind::Float).neg() + 1.0) * f64::from(f32::MIN);
+        let mask = mask.view([batch, 1, 1, len]);
+        let heads = c.num_attention_heads;
+        let head_dim = c.hidden_size / heads;
+        let split = |t: Tensor| t.view([batch, len, heads, head_dim]).transpose(1, 2);
+        for layer in &self.layers {
+            let q = split(layer.query.forward(&h, train));
+            let k = split(layer.key.forward(&h, train));
+            let v = split(layer.value.forward(&h, train));
+            let p = if train {
+                c.attention_probs_dropout_prob
+            } else {
+                0.0
+            };
+            let ctx = Tensor::scaled_dot_product_attention(
+                &q,
+                &k,
+                &v,
+                Some(&mask),
+                p,
+                false,
+                None,
+                false,
+            );
+            let ctx = ctx
+                .transpose(1, 2)
+                .contiguous()
+                .view([batch, len, c.hidden_size]);
+            let attn = layer
+                .attention_output
+                .forward(&ctx, train)
+                .dropout(c.hidden_dropout_prob, train);
+            let attn = layer.attention_norm.forward(&(attn + &h));
+            let ff = c
+                .hidden_act
+                .apply(&layer.intermediate.forward(&attn, train));
+            let out = layer
+                .output
+                .forward(&ff, train)
+                .dropout(c.hidden_dropout_prob, train);
+            h = layer.output_norm.forward(&(out + attn));
+        }
+        h
+    }
+}
+
+trait EmbeddingLookup {
+    fn embedding_lookup(&self, table: &Tensor) -> Tensor;
+}
+
+impl EmbeddingLookup for Tensor {
+    fn embedding_lookup(&self, table: &Tensor) -> Tensor {
+        Tensor::embedding(table, self, -1, false, false)
+    }
+}
