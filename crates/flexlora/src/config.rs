@@ -116,21 +116,91 @@ pub enum Column {
     Name(String),
 }
 
+/// A GLUE task whose standard file layout and columns `[data]` can take from a preset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GluePreset {
+    /// SST-2: sentence, binary label; accuracy.
+    Sst2,
+    /// CoLA: sentence, acceptability; Matthews correlation.
+    Cola,
+    /// MRPC: sentence pair, paraphrase; F1 (and accuracy).
+    Mrpc,
+    /// QQP: question pair, duplicate; F1 (and accuracy).
+    Qqp,
+    /// STS-B: sentence pair, similarity score 0-5 (regression); Pearson (and Spearman).
+    Stsb,
+    /// MNLI: premise, hypothesis, 3 classes; accuracy on dev_matched.
+    Mnli,
+    /// QNLI: question, sentence, entailment; accuracy.
+    Qnli,
+    /// RTE: sentence pair, entailment; accuracy.
+    Rte,
+}
+
+/// Whether labels are classes or a real-valued target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskKind {
+    /// Labels are classes (cross-entropy).
+    #[default]
+    Classification,
+    /// Labels are numbers (mean squared error, one output).
+    Regression,
+}
+
+/// A task metric, as GLUE defines them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MetricName {
+    /// Fraction of correct predictions.
+    Accuracy,
+    /// F1 of the positive class (label index 1) of a binary task.
+    F1,
+    /// Matthews correlation coefficient.
+    Matthews,
+    /// Pearson correlation (regression).
+    Pearson,
+    /// Spearman rank correlation (regression).
+    Spearman,
+}
+
 /// `[data]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataConfig {
-    /// The data file.
+    /// The data file; with a `preset`, the GLUE task folder (train.tsv, dev.tsv, ...).
     pub path: PathBuf,
-    /// Its format.
+    /// A GLUE layout: sets format, header, columns, task and metric, and uses the task's dev
+    /// file as the test set (GLUE's test labels are not public).
+    #[serde(default)]
+    pub preset: Option<GluePreset>,
+    /// Its format (ignored with a preset).
+    #[serde(default = "default_format")]
     pub format: DataFormat,
     /// Whether the first row is a header (CSV/TSV).
     #[serde(default)]
     pub has_header: bool,
     /// Column holding the text: a header name, or a 0-based index.
+    #[serde(default = "default_text_column")]
     pub text_column: Column,
+    /// Column holding the second text of a pair task.
+    #[serde(default)]
+    pub text_pair_column: Option<Column>,
     /// Column holding the label.
+    #[serde(default = "default_label_column")]
     pub label_column: Column,
+    /// Class labels as written in the file, in class-index order. Default: the distinct labels
+    /// found, sorted numerically when all are numbers, else as strings.
+    #[serde(default)]
+    pub labels: Option<Vec<String>>,
+    /// Classification or regression.
+    #[serde(default)]
+    pub task: TaskKind,
+    /// The reported metric. Default: the preset's, else accuracy (classification) or Pearson
+    /// (regression).
+    #[serde(default)]
+    pub metric: Option<MetricName>,
     /// Fraction of examples for training; the split is a seeded shuffle.
     #[serde(default = "default_train_fraction")]
     pub train_fraction: f64,
@@ -340,6 +410,15 @@ pub struct TrainingConfig {
 
 fn default_targets() -> Vec<String> {
     vec!["query".into(), "value".into()]
+}
+fn default_format() -> DataFormat {
+    DataFormat::Csv
+}
+fn default_text_column() -> Column {
+    Column::Name("text".into())
+}
+fn default_label_column() -> Column {
+    Column::Name("label".into())
 }
 fn default_train_fraction() -> f64 {
     0.7

@@ -18,6 +18,8 @@ pub mod models;
 pub mod optim;
 pub mod overrides;
 pub mod plan;
+pub mod plots;
+pub mod tasks;
 pub mod validate;
 
 /// The README's code examples, compiled and run as doctests.

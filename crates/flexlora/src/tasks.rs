@@ -1,0 +1,1 @@
+//! Task metrics as GLUE defines them (filled in by the data work).
