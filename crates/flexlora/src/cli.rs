@@ -28,6 +28,64 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Fine-tune a model on labelled data: FlexLoRA (default), LoRA or full fine-tuning.
+    Train {
+        /// The run config (TOML).
+        #[arg(long, default_value = "configs/default.toml")]
+        config: PathBuf,
+        /// Override a config value, e.g. --set optimiser.lr=1e-3 (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+        /// Model folder (sets model.path).
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// Data file or GLUE folder (sets data.path).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// flexlora, lora or full (sets method.name).
+        #[arg(long)]
+        method: Option<String>,
+        /// Epochs (sets training.epochs).
+        #[arg(long)]
+        epochs: Option<u64>,
+        /// Seed (sets training.seed).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Run directory (default: runs/<method>-seed<seed>).
+        #[arg(long)]
+        output: Option<PathBuf>,
+        /// Continue the run in this directory from its newest valid checkpoint (its own
+        /// config.toml is used; other config options are ignored).
+        #[arg(long, value_name = "RUN_DIR", conflicts_with_all = ["output", "overwrite"])]
+        resume: Option<PathBuf>,
+        /// Replace a run already in the output directory.
+        #[arg(long)]
+        overwrite: bool,
+        /// No progress bar or progress messages.
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Evaluate a finished run's best checkpoint on a split of its data.
+    Eval {
+        /// The run directory.
+        #[arg(long)]
+        run: PathBuf,
+        /// train, validation or test.
+        #[arg(long, default_value = "test")]
+        split: String,
+    },
+    /// Predict labels for texts with a finished run's best checkpoint.
+    Predict {
+        /// The run directory.
+        #[arg(long)]
+        run: PathBuf,
+        /// Texts: one per line, or a .jsonl file (field `text`, and `text_pair` for pair tasks).
+        #[arg(long)]
+        input: PathBuf,
+        /// Predictions: .csv or .jsonl (label, and class probabilities).
+        #[arg(long)]
+        output: PathBuf,
+    },
     /// Sentence embeddings (mean pooling, as sentence-transformers) of a text file (one text
     /// per line) or a JSONL file, written as JSONL.
     Embed {
@@ -77,6 +135,74 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Train {
+            config,
+            mut overrides,
+            model,
+            data,
+            method,
+            epochs,
+            seed,
+            output,
+            resume,
+            overwrite,
+            quiet,
+        } => {
+            let flags = [
+                (
+                    "model.path",
+                    model.map(|p| toml_string(&p.display().to_string())),
+                ),
+                (
+                    "data.path",
+                    data.map(|p| toml_string(&p.display().to_string())),
+                ),
+                ("method.name", method.map(|m| toml_string(&m))),
+                ("training.epochs", epochs.map(|e| e.to_string())),
+                ("training.seed", seed.map(|s| s.to_string())),
+            ];
+            for (key, value) in flags {
+                if let Some(v) = value {
+                    overrides.push(format!("{key}={v}"));
+                }
+            }
+            let (cfg, output, resuming) = match resume {
+                Some(dir) => (crate::train::load_run_config(&dir)?, dir, true),
+                None => {
+                    let cfg = crate::config::Config::load(&config, &overrides)?.config;
+                    let method = serde_json::to_value(cfg.method.name)?;
+                    let default = PathBuf::from(format!(
+                        "runs/{}-seed{}",
+                        method.as_str().unwrap_or("run"),
+                        cfg.training.seed
+                    ));
+                    (cfg, output.unwrap_or(default), false)
+                }
+            };
+            let opts = crate::train::TrainOptions {
+                output: output.clone(),
+                resume: resuming,
+                overwrite,
+                quiet,
+            };
+            let s = crate::train::train(&cfg, &opts)?;
+            println!(
+                "{}: test {} {:.4} (best validation epoch {}, validation {:.4}); {} trainable parameters; {:.1} s, {:.2} steps/s",
+                output.display(),
+                s.metric,
+                s.test_metric,
+                s.best_epoch,
+                s.validation_metric,
+                s.trainable_parameters,
+                s.wall_seconds,
+                s.steps_per_second
+            );
+            Ok(())
+        }
+        Command::Eval { run, split } => crate::train::commands::eval(&run, &split),
+        Command::Predict { run, input, output } => {
+            crate::train::commands::predict(&run, &input, &output)
+        }
         Command::Embed {
             model,
             input,
@@ -103,4 +229,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn toml_string(s: &str) -> String {
+    toml::Value::String(s.to_string()).to_string()
 }

@@ -403,9 +403,24 @@ pub struct TrainingConfig {
     /// Seed of initialisation, shuffling and dropout.
     #[serde(default)]
     pub seed: u64,
-    /// Intra-op CPU threads.
-    #[serde(default = "default_threads")]
-    pub threads: usize,
+    /// Intra-op CPU threads (default: the number of cores).
+    #[serde(default)]
+    pub threads: Option<usize>,
+    /// Where to train: `cpu`, `cuda`, `cuda:N` or `auto`.
+    #[serde(default = "default_device")]
+    pub device: String,
+    /// Batch training examples of similar length together (less padding).
+    #[serde(default)]
+    pub bucket_by_length: bool,
+    /// Write a checkpoint every this many optimiser steps (and at every epoch end).
+    #[serde(default = "default_checkpoint_every")]
+    pub checkpoint_every: u64,
+    /// Log the training loss every this many optimiser steps.
+    #[serde(default = "default_log_every")]
+    pub log_every: u64,
+    /// Examples per batch when evaluating.
+    #[serde(default = "default_eval_batch_size")]
+    pub eval_batch_size: u64,
 }
 
 fn default_targets() -> Vec<String> {
@@ -483,8 +498,17 @@ fn default_batch_size() -> u64 {
 fn default_grad_accum() -> u64 {
     1
 }
-fn default_threads() -> usize {
-    2
+fn default_device() -> String {
+    "auto".into()
+}
+fn default_checkpoint_every() -> u64 {
+    50
+}
+fn default_log_every() -> u64 {
+    10
+}
+fn default_eval_batch_size() -> u64 {
+    64
 }
 
 impl Default for AllocationConfig {
@@ -535,7 +559,12 @@ impl Default for TrainingConfig {
             grad_accum: default_grad_accum(),
             max_steps: None,
             seed: 0,
-            threads: default_threads(),
+            threads: None,
+            device: default_device(),
+            bucket_by_length: false,
+            checkpoint_every: default_checkpoint_every(),
+            log_every: default_log_every(),
+            eval_batch_size: default_eval_batch_size(),
         }
     }
 }

@@ -20,6 +20,7 @@ pub mod overrides;
 pub mod plan;
 pub mod plots;
 pub mod tasks;
+pub mod train;
 pub mod validate;
 
 /// The README's code examples, compiled and run as doctests.

@@ -2,7 +2,7 @@
 //! of them ranks move.
 
 use crate::config::{Config, MethodName};
-use crate::data::{SplitSizes, count_examples};
+use crate::data::{SplitSizes, count_examples, split_sizes};
 use flexlora_core::AllocationDirection;
 use serde::Serialize;
 use std::fmt::Write as _;
@@ -80,11 +80,7 @@ impl SchedulePlan {
             Some(max_steps) => StepCount::MaxSteps { max_steps },
             None => {
                 let examples = count_examples(&config.data)?;
-                let split = SplitSizes::of(
-                    examples,
-                    config.data.train_fraction,
-                    config.data.validation_fraction,
-                );
+                let split = split_sizes(&config.data)?;
                 let epochs = config.training.epochs;
                 let steps_per_epoch = config.steps_per_epoch(split.train);
                 StepCount::Epochs {

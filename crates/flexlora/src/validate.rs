@@ -201,9 +201,27 @@ pub fn check(config: &Config, origin: &str) -> Result<(), ConfigError> {
         "must be at least 1 when set",
     )?;
     c.require(
-        t.threads >= 1,
+        t.threads != Some(0),
         "training.threads",
-        t.threads,
+        0,
+        "must be at least 1 when set",
+    )?;
+    c.require(
+        t.checkpoint_every >= 1,
+        "training.checkpoint_every",
+        t.checkpoint_every,
+        "must be at least 1",
+    )?;
+    c.require(
+        t.log_every >= 1,
+        "training.log_every",
+        t.log_every,
+        "must be at least 1",
+    )?;
+    c.require(
+        t.eval_batch_size >= 1,
+        "training.eval_batch_size",
+        t.eval_batch_size,
         "must be at least 1",
     )?;
     Ok(())

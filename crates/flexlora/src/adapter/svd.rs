@@ -297,6 +297,43 @@ impl SvdAdapter {
         Ok(())
     }
 
+    /// Overwrites `P`, `λ`, `Q` and the active slots in place (the optimiser keeps pointing at
+    /// the same tensors), e.g. from a checkpoint. Shapes must match.
+    pub fn restore(
+        &mut self,
+        p: &Tensor,
+        lambda: &Tensor,
+        q: &Tensor,
+        active: Vec<bool>,
+    ) -> Result<(), AdapterError> {
+        if p.size() != self.p.size()
+            || lambda.size() != self.lambda.size()
+            || q.size() != self.q.size()
+            || active.len() != self.active.len()
+        {
+            return Err(AdapterError::Shape(format!(
+                "restore: P {:?}, lambda {:?}, Q {:?}, {} slots do not match the adapter's {:?}, {:?}, {:?}, {}",
+                p.size(),
+                lambda.size(),
+                q.size(),
+                active.len(),
+                self.p.size(),
+                self.lambda.size(),
+                self.q.size(),
+                self.active.len()
+            )));
+        }
+        let options = (self.p.kind(), self.p.device());
+        tch::no_grad(|| {
+            self.p.copy_(p);
+            self.lambda.copy_(lambda);
+            self.q.copy_(q);
+            self.mask.copy_(&mask_tensor(&active, options));
+        });
+        self.active = active;
+        Ok(())
+    }
+
     /// The trainable tensors with their slot axis: `P` (axis 1), `λ` (0), `Q` (0).
     pub fn slotted_parameters(&self) -> [(&Tensor, usize); 3] {
         [(&self.p, 1), (&self.lambda, 0), (&self.q, 0)]

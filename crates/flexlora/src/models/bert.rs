@@ -365,6 +365,57 @@ impl BertModel {
         self.layers.iter().flat_map(|l| l.linears()).collect()
     }
 
+    /// Every weight of the encoder with its Hugging Face name (`embeddings.word_embeddings.weight`,
+    /// `encoder.layer.0.attention.self.query.weight`, ...), for full fine-tuning and checkpoints.
+    pub fn named_parameters(&self) -> Vec<(String, &Tensor)> {
+        let mut v: Vec<(String, &Tensor)> = vec![
+            (
+                "embeddings.word_embeddings.weight".into(),
+                &self.word_embeddings,
+            ),
+            (
+                "embeddings.position_embeddings.weight".into(),
+                &self.position_embeddings,
+            ),
+            (
+                "embeddings.token_type_embeddings.weight".into(),
+                &self.token_type_embeddings,
+            ),
+            (
+                "embeddings.LayerNorm.weight".into(),
+                &self.embeddings_norm.weight,
+            ),
+            (
+                "embeddings.LayerNorm.bias".into(),
+                &self.embeddings_norm.bias,
+            ),
+        ];
+        for (i, layer) in self.layers.iter().enumerate() {
+            let p = format!("encoder.layer.{i}");
+            for (m, l) in LAYER_MODULES.iter().zip(layer.linears()) {
+                v.push((format!("{p}.{m}.weight"), &l.weight));
+                if let Some(b) = &l.bias {
+                    v.push((format!("{p}.{m}.bias"), b));
+                }
+            }
+            for (n, norm) in [
+                ("attention.output.LayerNorm", &layer.attention_norm),
+                ("output.LayerNorm", &layer.output_norm),
+            ] {
+                v.push((format!("{p}.{n}.weight"), &norm.weight));
+                v.push((format!("{p}.{n}.bias"), &norm.bias));
+            }
+        }
+        v
+    }
+
+    /// Makes every encoder weight trainable (full fine-tuning) or frozen.
+    pub fn set_trainable(&mut self, trainable: bool) {
+        for (_, t) in self.named_parameters() {
+            let _ = t.set_requires_grad(trainable);
+        }
+    }
+
     /// The last hidden states `[batch, len, hidden]`. `train` switches dropout on.
     pub fn forward(&self, input: &EncoderInput, train: bool) -> Tensor {
         let c = &self.config;

@@ -1,0 +1,120 @@
+//! `flexlora eval` and `flexlora predict` on a finished run.
+
+use super::model::TaskModel;
+use super::{eval, load_run_config, run};
+use crate::data::{self, Example};
+use crate::models::TextTokenizer;
+use anyhow::{Context, bail};
+use std::io::Write;
+use std::path::Path;
+
+fn load_run(
+    run_dir: &Path,
+) -> anyhow::Result<(
+    crate::config::Config,
+    data::Splits,
+    TaskModel,
+    TextTokenizer,
+    tch::Device,
+)> {
+    let config = load_run_config(run_dir)?;
+    let device = crate::device::parse_device(&config.training.device)?;
+    let splits = data::load_splits(&config.data)?;
+    let mut model = TaskModel::build(&config, splits.num_labels(), splits.task, device)?;
+    let best = run_dir.join("checkpoints/best");
+    let dir = if best.exists() {
+        best
+    } else {
+        run_dir.join("checkpoints/final")
+    };
+    run::load_model_checkpoint(&dir, &mut model)?;
+    let tokenizer = TextTokenizer::from_folder(&config.model.path, config.data.max_length)?;
+    Ok((config, splits, model, tokenizer, device))
+}
+
+/// Evaluates the run's best checkpoint on `split` and prints every metric.
+pub fn eval(run_dir: &Path, split: &str) -> anyhow::Result<()> {
+    let (config, splits, model, tokenizer, device) = load_run(run_dir)?;
+    let examples = match split {
+        "train" => &splits.train,
+        "validation" => &splits.validation,
+        "test" => &splits.test,
+        other => bail!("--split {other}: expected train, validation or test"),
+    };
+    let e = eval::evaluate(
+        &model,
+        &tokenizer,
+        examples,
+        splits.metric,
+        config.training.eval_batch_size as usize,
+        device,
+    )?;
+    println!(
+        "{}",
+        serde_json::json!({"split": split, "examples": examples.len(), "result": e.to_json(splits.metric)})
+    );
+    Ok(())
+}
+
+/// Predicts the label of every text in `input` and writes CSV or JSONL to `output`.
+pub fn predict(run_dir: &Path, input: &Path, output: &Path) -> anyhow::Result<()> {
+    let (config, splits, model, tokenizer, device) = load_run(run_dir)?;
+    let texts = crate::embed::read_texts(input, "text")?;
+    let pairs: Vec<Option<String>> = if input.extension().is_some_and(|e| e == "jsonl") {
+        let content = std::fs::read_to_string(input)?;
+        content
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l)
+                    .ok()
+                    .and_then(|v| v["text_pair"].as_str().map(String::from))
+            })
+            .collect()
+    } else {
+        vec![None; texts.len()]
+    };
+    let examples: Vec<Example> = texts
+        .iter()
+        .zip(pairs)
+        .map(|(t, p)| Example {
+            text: t.text.clone(),
+            text_pair: p,
+            label: 0.0,
+        })
+        .collect();
+    let e = eval::predict(
+        &model,
+        &tokenizer,
+        &examples,
+        config.training.eval_batch_size as usize,
+        device,
+    )?;
+    let csv = output.extension().is_some_and(|x| x == "csv");
+    crate::io::write_atomic(output, |w| {
+        if csv {
+            let mut header = vec!["line".to_string(), "prediction".to_string()];
+            header.extend(splits.label_names.iter().map(|l| format!("p_{l}")));
+            writeln!(w, "{}", header.join(","))?;
+        }
+        for (i, t) in texts.iter().enumerate() {
+            let label = match splits.label_names.get(e.predictions[i] as usize) {
+                Some(name) if !splits.label_names.is_empty() => name.clone(),
+                _ => e.predictions[i].to_string(),
+            };
+            if csv {
+                let probs: Vec<String> = e.probabilities[i].iter().map(|p| format!("{p:.6}")).collect();
+                let mut row = vec![t.line.to_string(), label];
+                row.extend(probs);
+                writeln!(w, "{}", row.join(","))?;
+            } else {
+                let v = serde_json::json!({"line": t.line, "text": t.text, "prediction": label, "probabilities": e.probabilities[i]});
+                writeln!(w, "{v}")?;
+            }
+        }
+        Ok(())
+    })
+    .with_context(|| format!("writing {}", output.display()))?;
+    eprintln!("predicted {} texts -> {}", texts.len(), output.display());
+    Ok(())
+}

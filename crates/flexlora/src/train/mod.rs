@@ -1,0 +1,365 @@
+//! `flexlora train`: the training loop, evaluation, checkpoints and the run directory.
+//!
+//! One optimiser step = `grad_accum` micro-batches: forward, task loss + orthogonality
+//! regulariser (divided by the number of micro-batches), backward; then gradient clipping, the
+//! AdamW step at the scheduled learning rate, and, for FlexLoRA, the allocation step if the
+//! schedule says so. Steps are counted in optimiser steps everywhere.
+//!
+//! Determinism: LibTorch's generator is re-seeded from `(seed, step)` before every optimiser
+//! step and before every allocation, and each epoch's data order is a function of
+//! `(seed, epoch)`; so a run resumed from any checkpoint continues bit-identically.
+
+pub mod checkpoint;
+pub mod commands;
+pub mod eval;
+pub mod model;
+pub mod run;
+
+use crate::adapter::orthogonality_regulariser;
+use crate::allocation::{AllocationPolicy, apply_allocation};
+use crate::config::{Config, MethodName};
+use crate::data::{self, Example};
+use crate::models::TextTokenizer;
+use crate::optim::{AdamW, AdamWConfig, learning_rate};
+use anyhow::bail;
+use checkpoint::{BestEpoch, TrainerState};
+use flexlora_core::RankAllocator;
+use indicatif::{ProgressBar, ProgressStyle};
+use model::TaskModel;
+use run::RunDir;
+use std::path::PathBuf;
+use std::time::Instant;
+use tch::{Device, Tensor};
+
+/// How to run `train` (the rest is in the config).
+#[derive(Debug, Clone)]
+pub struct TrainOptions {
+    /// The run directory.
+    pub output: PathBuf,
+    /// Continue the run in `output` from its newest valid checkpoint.
+    pub resume: bool,
+    /// Replace a finished or unfinished run in `output`.
+    pub overwrite: bool,
+    /// No progress bar or progress messages.
+    pub quiet: bool,
+}
+
+/// What a finished run reports (`summary.json`).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Summary {
+    /// The method.
+    pub method: MethodName,
+    /// Name of the reported metric.
+    pub metric: String,
+    /// Test metric of the best validation epoch.
+    pub test_metric: f64,
+    /// Best validation metric.
+    pub validation_metric: f64,
+    /// 0-based epoch with the best validation metric.
+    pub best_epoch: u64,
+    /// Examples in train / validation / test.
+    pub examples: [usize; 3],
+    /// Trainable parameters at the end (active slots only).
+    pub trainable_parameters: i64,
+    /// Sum of adapter ranks at the end (SVD adapters).
+    pub total_rank: usize,
+    /// Optimiser steps.
+    pub steps: u64,
+    /// Seconds spent training (evaluation excluded).
+    pub train_seconds: f64,
+    /// Wall time of the whole command, in seconds.
+    pub wall_seconds: f64,
+    /// Optimiser steps per second of training time.
+    pub steps_per_second: f64,
+    /// The seed.
+    pub seed: u64,
+}
+
+/// Derives the generator seed of one step (SplitMix64 finaliser of `seed` and `salt`).
+fn step_seed(seed: u64, salt: u64) -> i64 {
+    let mut z = seed ^ salt.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    ((z ^ (z >> 31)) >> 1) as i64
+}
+
+/// Salt for the generator state of allocation steps, kept apart from the training steps'.
+const ALLOCATION_SALT: u64 = 1 << 62;
+
+/// A batch of examples as model inputs and a label tensor.
+pub(crate) fn batch_tensors(
+    tokenizer: &TextTokenizer,
+    examples: &[&Example],
+    device: Device,
+) -> anyhow::Result<(crate::models::EncoderInput, Tensor)> {
+    let texts: Vec<&str> = examples.iter().map(|e| e.text.as_str()).collect();
+    let pairs: Option<Vec<&str>> = examples
+        .iter()
+        .map(|e| e.text_pair.as_deref())
+        .collect::<Option<Vec<&str>>>();
+    let input = tokenizer.encode(&texts, pairs.as_deref(), device)?;
+    let labels: Vec<f32> = examples.iter().map(|e| e.label).collect();
+    Ok((input, Tensor::from_slice(&labels).to_device(device)))
+}
+
+/// Trains the run described by `config` into `opts.output` and returns its summary.
+pub fn train(config: &Config, opts: &TrainOptions) -> anyhow::Result<Summary> {
+    let wall = Instant::now();
+    let tc = &config.training;
+    let threads = tc.threads.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    });
+    tch::set_num_threads(threads as i32);
+    let device = crate::device::parse_device(&tc.device)?;
+    let run = RunDir::prepare(&opts.output, config, opts.resume, opts.overwrite)?;
+
+    let splits = data::load_splits(&config.data)?;
+    let n_train = splits.train.len();
+    let total_steps = config.total_steps(n_train as u64);
+    if config.method.name == MethodName::Flexlora {
+        crate::validate::schedule(config, total_steps, &run.config_origin())?;
+    }
+    tch::manual_seed(step_seed(tc.seed, u64::MAX));
+    let mut model = TaskModel::build(config, splits.num_labels(), splits.task, device)?;
+    let tokenizer = TextTokenizer::from_folder(&config.model.path, config.data.max_length)?;
+    let o = &config.optimiser;
+    let mut optimiser = AdamW::new(AdamWConfig {
+        beta1: o.beta1,
+        beta2: o.beta2,
+        eps: o.eps,
+        weight_decay: o.weight_decay,
+    });
+    for group in model.optimiser_groups() {
+        optimiser.add_group(&group);
+    }
+    let schedule = config.adjustment_schedule(total_steps);
+    let policy = AllocationPolicy {
+        importance: config.allocation.importance,
+        exact_spectrum: config.allocation.exact_spectrum,
+        allocator: RankAllocator::new(config.allocation.direction),
+        init: config.allocation.new_direction_init,
+        init_std: config.allocation.new_direction_std,
+    };
+
+    let ranks = |m: &TaskModel| {
+        m.svd_adapters()
+            .iter()
+            .map(|a| a.rank())
+            .collect::<Vec<_>>()
+    };
+    let mut state = match run.latest_checkpoint(opts.resume)? {
+        Some(dir) => {
+            let state = run.load_checkpoint(&dir, &mut model, &mut optimiser)?;
+            if !opts.quiet {
+                eprintln!(
+                    "resuming {} from optimiser step {}",
+                    opts.output.display(),
+                    state.step
+                );
+            }
+            state
+        }
+        None => {
+            let state = TrainerState {
+                rank_history: vec![(0, ranks(&model))],
+                ..Default::default()
+            };
+            run.log_ranks(
+                &serde_json::json!({"step": 0, "ranks": ranks(&model), "initial": true}),
+            )?;
+            state
+        }
+    };
+
+    let batch = tc.batch_size as usize;
+    let accum = tc.grad_accum;
+    let micro_per_epoch = n_train.div_ceil(batch) as u64;
+    let lengths: Vec<usize> = splits.train.iter().map(|e| e.text.len()).collect();
+    let bar = if opts.quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(total_steps).with_style(
+            ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  {per_sec}  eta {eta}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        )
+    };
+    bar.set_position(state.step);
+    let gamma = config.method.orth_reg_weight;
+    let mut window_loss = (0.0f64, 0u64);
+    let mut last_checkpoint_step = state.step;
+
+    while state.epoch < tc.epochs && state.step < total_steps {
+        let bucket = tc.bucket_by_length.then_some(lengths.as_slice());
+        let order = data::epoch_order(n_train, tc.seed, state.epoch, bucket, batch);
+        let micro: Vec<&[usize]> = order.chunks(batch).collect();
+        while state.micro_in_epoch < micro_per_epoch && state.step < total_steps {
+            let step_started = Instant::now();
+            tch::manual_seed(step_seed(tc.seed, state.step));
+            let first = state.micro_in_epoch;
+            let last = (first + accum).min(micro_per_epoch);
+            let n_micro = (last - first) as f64;
+            let mut step_loss = 0.0;
+            for k in first..last {
+                let examples: Vec<&Example> = micro[k as usize]
+                    .iter()
+                    .map(|&i| &splits.train[i])
+                    .collect();
+                let (input, labels) = batch_tensors(&tokenizer, &examples, device)?;
+                let (loss, _) = model.loss(&input, &labels, true);
+                let mut total = loss.shallow_clone();
+                if gamma > 0.0 {
+                    if let Some(r) = orthogonality_regulariser(
+                        model.svd_adapters(),
+                        gamma,
+                        config.method.orth_norm,
+                    ) {
+                        total += r;
+                    }
+                }
+                (total / n_micro).backward();
+                step_loss += loss.double_value(&[]) / n_micro;
+            }
+            if !step_loss.is_finite() {
+                bail!(
+                    "the training loss became {step_loss} at optimiser step {} (epoch {}); stopped. \
+                     The last good checkpoint is in {}",
+                    state.step + 1,
+                    state.epoch + 1,
+                    run.checkpoints().display()
+                );
+            }
+            let grad_norm = optimiser.clip_grad_norm(o.clip_norm);
+            let lr = learning_rate(o.lr_schedule, o.lr, state.step, total_steps, o.warmup_ratio);
+            optimiser.step(lr);
+            optimiser.zero_grad();
+            state.step += 1;
+            state.micro_in_epoch = last;
+
+            if config.method.name == MethodName::Flexlora {
+                if let Some(b) = schedule.moves_at(state.step) {
+                    tch::manual_seed(step_seed(tc.seed, state.step | ALLOCATION_SALT));
+                    let mut adapters = model.svd_adapters_mut();
+                    let record =
+                        apply_allocation(&mut adapters, &mut optimiser, &policy, state.step, b)?;
+                    if !record.pruned.is_empty() || !record.expanded.is_empty() {
+                        state.rank_history.push((state.step, record.ranks.clone()));
+                    }
+                    run.log_ranks(&serde_json::to_value(&record)?)?;
+                }
+            }
+            window_loss = (window_loss.0 + step_loss, window_loss.1 + 1);
+            if state.step % tc.log_every == 0 || state.step == total_steps {
+                let mean = window_loss.0 / window_loss.1.max(1) as f64;
+                state.loss_history.push((state.step, mean));
+                run.log_metrics(&serde_json::json!({
+                    "step": state.step, "epoch": state.epoch + 1, "loss": mean, "lr": lr,
+                    "grad_norm": grad_norm, "total_rank": ranks(&model).iter().sum::<usize>(),
+                    "trainable_parameters": model.trainable_parameters(),
+                }))?;
+                bar.set_message(format!("loss {mean:.4}"));
+                window_loss = (0.0, 0);
+            }
+            bar.set_position(state.step);
+            state.train_seconds += step_started.elapsed().as_secs_f64();
+            // At an epoch's last step the epoch-end checkpoint follows; none is written here, so
+            // a checkpoint's step never splits an epoch end from its validation record.
+            let epoch_ends = state.micro_in_epoch >= micro_per_epoch;
+            if !epoch_ends && state.step - last_checkpoint_step >= tc.checkpoint_every {
+                run.save_checkpoint(&state, &model, &optimiser)?;
+                last_checkpoint_step = state.step;
+            }
+        }
+        if state.micro_in_epoch >= micro_per_epoch {
+            let val = eval::evaluate(
+                &model,
+                &tokenizer,
+                &splits.validation,
+                splits.metric,
+                tc.eval_batch_size as usize,
+                device,
+            )?;
+            state.validation_history.push((state.step, val.metric));
+            run.log_metrics(&serde_json::json!({
+                "step": state.step, "epoch": state.epoch + 1, "validation": val.to_json(splits.metric),
+            }))?;
+            if !opts.quiet {
+                bar.println(format!(
+                    "epoch {}: validation {} {:.4} (loss {:.4})",
+                    state.epoch + 1,
+                    eval::metric_label(splits.metric),
+                    val.metric,
+                    val.loss
+                ));
+            }
+            if state.best.as_ref().is_none_or(|b| val.metric > b.metric) {
+                state.best = Some(BestEpoch {
+                    epoch: state.epoch,
+                    step: state.step,
+                    metric: val.metric,
+                });
+                run.save_best(&model)?;
+            }
+            state.epoch += 1;
+            state.micro_in_epoch = 0;
+            run.save_checkpoint(&state, &model, &optimiser)?;
+            last_checkpoint_step = state.step;
+        }
+    }
+    bar.finish_and_clear();
+    run.save_final(&state, &model)?;
+
+    // Test with the best validation epoch's parameters (the final state when there was no
+    // validation split).
+    let best = state.best.clone().unwrap_or(BestEpoch {
+        epoch: state.epoch.saturating_sub(1),
+        step: state.step,
+        metric: f64::NAN,
+    });
+    if state.best.is_some() {
+        run.load_best(&mut model)?;
+    }
+    let test = eval::evaluate(
+        &model,
+        &tokenizer,
+        &splits.test,
+        splits.metric,
+        tc.eval_batch_size as usize,
+        device,
+    )?;
+    run.log_metrics(&serde_json::json!({"step": state.step, "test": test.to_json(splits.metric), "best_epoch": best.epoch + 1}))?;
+    let matrix_labels = run::matrix_labels(&model.adapted_paths);
+    run.plots(
+        &state,
+        &matrix_labels,
+        config.method.r_max,
+        eval::metric_label(splits.metric),
+    )?;
+    let summary = Summary {
+        method: config.method.name,
+        metric: eval::metric_label(splits.metric).to_string(),
+        test_metric: test.metric,
+        validation_metric: best.metric,
+        best_epoch: best.epoch + 1,
+        examples: [n_train, splits.validation.len(), splits.test.len()],
+        trainable_parameters: model.trainable_parameters(),
+        total_rank: ranks(&model).iter().sum(),
+        steps: state.step,
+        train_seconds: state.train_seconds,
+        wall_seconds: wall.elapsed().as_secs_f64(),
+        steps_per_second: state.step as f64 / state.train_seconds.max(1e-9),
+        seed: tc.seed,
+    };
+    run.write_summary(&summary)?;
+    Ok(summary)
+}
+
+/// The run's resolved config, as written in its directory.
+pub fn load_run_config(run_dir: &std::path::Path) -> anyhow::Result<Config> {
+    let path = run_dir.join("config.toml");
+    if !path.exists() {
+        bail!("{}: no run there (config.toml missing)", run_dir.display());
+    }
+    Ok(Config::load(&path, &[])?.config)
+}

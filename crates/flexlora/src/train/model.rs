@@ -1,0 +1,302 @@
+//! The model a run trains: a BERT classifier with the method's adapters, and its trainable
+//! state as named tensors (for checkpoints, best-epoch selection and export).
+
+use crate::adapter::{Adapter, LoraAdapter, SvdAdapter, SvdAdapterConfig, inject_adapters};
+use crate::config::{Config, MethodName, TaskKind};
+use crate::models::{BertModel, EncoderInput, SequenceClassifier};
+use anyhow::{Context, bail};
+use std::collections::HashMap;
+use tch::{Device, Kind, Tensor};
+
+/// Standard deviation of the initial `P` and `Q` entries (AdaLoRA and FlexLoRA, METHOD.md §1).
+pub const SVD_INIT_STD: f64 = 0.02;
+
+/// A BERT sequence classifier with the method's adapters.
+#[derive(Debug)]
+pub struct TaskModel {
+    /// Encoder and head.
+    pub classifier: SequenceClassifier,
+    /// Module paths of the adapted layers, in model order (the order of every log and plot).
+    pub adapted_paths: Vec<String>,
+    /// The method.
+    pub method: MethodName,
+    /// Classification or regression.
+    pub task: TaskKind,
+}
+
+impl TaskModel {
+    /// Loads the checkpoint of `config.model.path`, puts a new head with `num_labels` outputs
+    /// on it, and injects the method's adapters (or unfreezes the encoder for `full`). Draws
+    /// from LibTorch's global generator: seed it first.
+    pub fn build(
+        config: &Config,
+        num_labels: usize,
+        task: TaskKind,
+        device: Device,
+    ) -> anyhow::Result<Self> {
+        let (mut bert, weights) = BertModel::from_folder(&config.model.path, device)?;
+        let paths = bert.linear_paths();
+        let m = &config.method;
+        let opts = (Kind::Float, device);
+        let adapted_paths = match m.name {
+            MethodName::Flexlora => {
+                let svd = SvdAdapterConfig {
+                    r_init: m.r_init,
+                    r_max: m.r_max,
+                    alpha: m.alpha,
+                    dropout: m.dropout,
+                    scale: m.scale,
+                    init_std: SVD_INIT_STD,
+                };
+                inject_adapters(
+                    bert.linears_mut(),
+                    &paths,
+                    &config.model.target_modules,
+                    |i, o| Ok(Adapter::Svd(SvdAdapter::new(i, o, svd, opts)?)),
+                )
+            }
+            MethodName::Lora => inject_adapters(
+                bert.linears_mut(),
+                &paths,
+                &config.model.target_modules,
+                |i, o| {
+                    Ok(Adapter::Lora(LoraAdapter::new(
+                        i, o, m.r_init, m.alpha, m.dropout, opts,
+                    )?))
+                },
+            ),
+            MethodName::Adalora => bail!(
+                "method.name = \"adalora\" is not trainable yet (it arrives with the baselines); \
+                 use flexlora, lora or full"
+            ),
+            MethodName::Full => {
+                bert.set_trainable(true);
+                Ok(Vec::new())
+            }
+        }
+        .with_context(|| format!("model.target_modules = {:?}", config.model.target_modules))?;
+        let classifier = SequenceClassifier::new(bert, &weights, num_labels as i64)?;
+        Ok(Self {
+            classifier,
+            adapted_paths,
+            method: m.name,
+            task,
+        })
+    }
+
+    /// The SVD adapters, in model order.
+    pub fn svd_adapters(&self) -> Vec<&SvdAdapter> {
+        self.classifier
+            .bert
+            .linears()
+            .into_iter()
+            .filter_map(|l| l.svd_adapter())
+            .collect()
+    }
+
+    /// The SVD adapters, mutably, in model order.
+    pub fn svd_adapters_mut(&mut self) -> Vec<&mut SvdAdapter> {
+        self.classifier
+            .bert
+            .linears_mut()
+            .into_iter()
+            .filter_map(|l| l.svd_adapter_mut())
+            .collect()
+    }
+
+    /// The task loss of a batch: cross-entropy for classification, mean squared error for
+    /// regression; also returns the logits.
+    pub fn loss(&self, input: &EncoderInput, labels: &Tensor, train: bool) -> (Tensor, Tensor) {
+        let logits = self.classifier.forward(input, train);
+        let loss = match self.task {
+            TaskKind::Classification => {
+                logits.cross_entropy_for_logits(&labels.to_kind(Kind::Int64))
+            }
+            TaskKind::Regression => logits
+                .squeeze_dim(-1)
+                .mse_loss(labels, tch::Reduction::Mean),
+        };
+        (loss, logits)
+    }
+
+    /// Groups of trainable tensors for the optimiser, SVD adapters first (group `k` = adapter
+    /// `k`, slot axes given), then every other trainable tensor in one unslotted group.
+    pub fn optimiser_groups(&self) -> Vec<Vec<(&Tensor, Option<usize>)>> {
+        let mut groups: Vec<Vec<(&Tensor, Option<usize>)>> = self
+            .svd_adapters()
+            .into_iter()
+            .map(|a| {
+                a.slotted_parameters()
+                    .into_iter()
+                    .map(|(t, axis)| (t, Some(axis)))
+                    .collect()
+            })
+            .collect();
+        let mut rest: Vec<(&Tensor, Option<usize>)> = Vec::new();
+        for l in self.classifier.bert.linears() {
+            if let Some(Adapter::Lora(a)) = &l.adapter {
+                rest.push((&a.a, None));
+                rest.push((&a.b, None));
+            }
+        }
+        if self.method == MethodName::Full {
+            rest.extend(
+                self.classifier
+                    .bert
+                    .named_parameters()
+                    .into_iter()
+                    .map(|(_, t)| (t, None)),
+            );
+        }
+        rest.extend(
+            self.classifier
+                .head_parameters()
+                .into_iter()
+                .map(|t| (t, None)),
+        );
+        groups.push(rest);
+        groups
+    }
+
+    /// Trainable parameters that currently take part (SVD adapters count active slots only:
+    /// `r · (in + out + 1)`).
+    pub fn trainable_parameters(&self) -> i64 {
+        let mut n: i64 = 0;
+        for l in self.classifier.bert.linears() {
+            let (i, o) = l.features();
+            n += match &l.adapter {
+                Some(Adapter::Svd(a)) => a.rank() as i64 * (i + o + 1),
+                Some(Adapter::Lora(a)) => a.rank() as i64 * (i + o),
+                None => 0,
+            };
+        }
+        if self.method == MethodName::Full {
+            n += self
+                .classifier
+                .bert
+                .named_parameters()
+                .iter()
+                .map(|(_, t)| t.numel() as i64)
+                .sum::<i64>();
+        }
+        n + self
+            .classifier
+            .head_parameters()
+            .iter()
+            .map(|t| t.numel() as i64)
+            .sum::<i64>()
+    }
+
+    /// The trainable state as named tensors: adapters (`adapters.<path>.P|lambda|Q|active`,
+    /// `adapters.<path>.lora_A|lora_B`), the head (`head.*`) and, for `full`, the encoder
+    /// (`bert.*`). Detached copies on the CPU.
+    pub fn state(&self) -> Vec<(String, Tensor)> {
+        let mut v = Vec::new();
+        let cpu = |t: &Tensor| t.detach().to_device(Device::Cpu).copy();
+        for (path, l) in self.adapted_paths.iter().zip(self.adapted_linears()) {
+            match &l.adapter {
+                Some(Adapter::Svd(a)) => {
+                    let active: Vec<f32> =
+                        a.active().iter().map(|&b| f32::from(u8::from(b))).collect();
+                    v.push((format!("adapters.{path}.P"), cpu(&a.p)));
+                    v.push((format!("adapters.{path}.lambda"), cpu(&a.lambda)));
+                    v.push((format!("adapters.{path}.Q"), cpu(&a.q)));
+                    v.push((
+                        format!("adapters.{path}.active"),
+                        Tensor::from_slice(&active),
+                    ));
+                }
+                Some(Adapter::Lora(a)) => {
+                    v.push((format!("adapters.{path}.lora_A"), cpu(&a.a)));
+                    v.push((format!("adapters.{path}.lora_B"), cpu(&a.b)));
+                }
+                None => {}
+            }
+        }
+        let c = &self.classifier;
+        v.push(("head.classifier.weight".into(), cpu(&c.classifier_weight)));
+        v.push(("head.classifier.bias".into(), cpu(&c.classifier_bias)));
+        if c.pooler_is_new {
+            v.push(("head.pooler.weight".into(), cpu(&c.pooler_weight)));
+            v.push(("head.pooler.bias".into(), cpu(&c.pooler_bias)));
+        }
+        if self.method == MethodName::Full {
+            for (n, t) in c.bert.named_parameters() {
+                v.push((format!("bert.{n}"), cpu(t)));
+            }
+        }
+        v
+    }
+
+    /// Restores a state written by [`TaskModel::state`] (same config), in place, so the
+    /// optimiser keeps pointing at the same tensors. Names and shapes must match.
+    pub fn load_state(&mut self, state: &HashMap<String, Tensor>) -> anyhow::Result<()> {
+        let want: Vec<(String, Vec<i64>)> = self
+            .state()
+            .into_iter()
+            .map(|(n, t)| (n, t.size()))
+            .collect();
+        for (name, shape) in &want {
+            let got = state
+                .get(name)
+                .with_context(|| format!("the checkpoint has no tensor `{name}`"))?;
+            if &got.size() != shape {
+                bail!(
+                    "checkpoint tensor `{name}` has shape {:?}, the model needs {shape:?}",
+                    got.size()
+                );
+            }
+        }
+        let paths = self.adapted_paths.clone();
+        tch::no_grad(|| -> anyhow::Result<()> {
+            for (path, l) in paths.iter().zip(self.adapted_linears_mut()) {
+                match &mut l.adapter {
+                    Some(Adapter::Svd(a)) => {
+                        let active: Vec<f32> =
+                            Vec::<f32>::try_from(&state[&format!("adapters.{path}.active")])?;
+                        let p = state[&format!("adapters.{path}.P")].to_device(a.p.device());
+                        let lam = state[&format!("adapters.{path}.lambda")].to_device(a.p.device());
+                        let q = state[&format!("adapters.{path}.Q")].to_device(a.p.device());
+                        a.restore(&p, &lam, &q, active.iter().map(|&x| x > 0.5).collect())?;
+                    }
+                    Some(Adapter::Lora(a)) => {
+                        a.a.copy_(&state[&format!("adapters.{path}.lora_A")]);
+                        a.b.copy_(&state[&format!("adapters.{path}.lora_B")]);
+                    }
+                    None => {}
+                }
+            }
+            let c = &mut self.classifier;
+            c.classifier_weight.copy_(&state["head.classifier.weight"]);
+            c.classifier_bias.copy_(&state["head.classifier.bias"]);
+            if c.pooler_is_new {
+                c.pooler_weight.copy_(&state["head.pooler.weight"]);
+                c.pooler_bias.copy_(&state["head.pooler.bias"]);
+            }
+            if self.method == MethodName::Full {
+                for (n, t) in c.bert.named_parameters() {
+                    t.shallow_clone().copy_(&state[&format!("bert.{n}")]);
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn adapted_linears(&self) -> Vec<&crate::adapter::AdaptedLinear> {
+        self.classifier
+            .bert
+            .linears()
+            .into_iter()
+            .filter(|l| l.adapter.is_some())
+            .collect()
+    }
+
+    fn adapted_linears_mut(&mut self) -> Vec<&mut crate::adapter::AdaptedLinear> {
+        self.classifier
+            .bert
+            .linears_mut()
+            .into_iter()
+            .filter(|l| l.adapter.is_some())
+            .collect()
+    }
+}
