@@ -361,6 +361,21 @@ fn bad_inputs_are_clear_errors() {
         assert!(!err.contains("panicked"), "{err}");
         let _ = std::fs::remove_dir_all(&out);
     }
+    // A diverging run stops at the first non-finite loss, naming the step.
+    let out = dir.path().join("nan");
+    let mut a = base_args(&data, &out);
+    for kv in ["optimiser.lr=1e8", "optimiser.clip_norm=0"] {
+        a.extend(["--set".to_string(), kv.to_string()]);
+    }
+    a.extend(["--method".to_string(), "full".to_string()]);
+    let o = flexlora(&a);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(
+        err.contains("the training loss became NaN at optimiser step"),
+        "{err}"
+    );
+    assert!(!out.join("summary.json").exists());
     let r = flexlora(&[
         "train".into(),
         "--resume".into(),

@@ -222,12 +222,15 @@ pub fn train(config: &Config, opts: &TrainOptions) -> anyhow::Result<Summary> {
                 step_loss += loss.double_value(&[]) / n_micro;
             }
             if !step_loss.is_finite() {
+                let last_good = match checkpoint::latest_valid(&run.checkpoints()) {
+                    Some(dir) => format!("the last good checkpoint is {}", dir.display()),
+                    None => "no checkpoint had been written yet".to_string(),
+                };
                 bail!(
-                    "the training loss became {step_loss} at optimiser step {} (epoch {}); stopped. \
-                     The last good checkpoint is in {}",
+                    "the training loss became {step_loss} at optimiser step {} (epoch {}); \
+                     stopped ({last_good}). Lower optimiser.lr or check the data.",
                     state.step + 1,
-                    state.epoch + 1,
-                    run.checkpoints().display()
+                    state.epoch + 1
                 );
             }
             let grad_norm = optimiser.clip_grad_norm(o.clip_norm);
