@@ -348,6 +348,19 @@ fn broken_copy(edit: impl FnOnce(&Path)) -> tempfile::TempDir {
     dir
 }
 
+/// A broken copy whose config.json has `key` set to `value`; the error loading it.
+fn load_with_config_field(key: &str, value: serde_json::Value) -> String {
+    let dir = broken_copy(|d| {
+        let text = std::fs::read_to_string(minilm().join("config.json")).unwrap();
+        let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        v[key] = value;
+        replace(d, "config.json", v.to_string().as_bytes());
+    });
+    BertModel::from_folder(dir.path(), CPU)
+        .unwrap_err()
+        .to_string()
+}
+
 fn replace(dir: &Path, file: &str, bytes: &[u8]) {
     std::fs::remove_file(dir.join(file)).unwrap();
     std::fs::write(dir.join(file), bytes).unwrap();
@@ -369,15 +382,7 @@ fn broken_folders_are_clear_errors() {
     );
 
     // A config whose hidden size disagrees with the weights.
-    let dir = broken_copy(|d| {
-        let text = std::fs::read_to_string(minilm().join("config.json")).unwrap();
-        let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
-        v["hidden_size"] = 768.into();
-        replace(d, "config.json", v.to_string().as_bytes());
-    });
-    let e = BertModel::from_folder(dir.path(), CPU)
-        .unwrap_err()
-        .to_string();
+    let e = load_with_config_field("hidden_size", 768.into());
     assert!(
         e.contains("embeddings.word_embeddings.weight")
             && e.contains("[30522, 384]")
@@ -391,25 +396,9 @@ fn broken_folders_are_clear_errors() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("config.json"), "{e}");
-    let dir = broken_copy(|d| {
-        let text = std::fs::read_to_string(minilm().join("config.json")).unwrap();
-        let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
-        v["model_type"] = "roberta".into();
-        replace(d, "config.json", v.to_string().as_bytes());
-    });
-    let e = BertModel::from_folder(dir.path(), CPU)
-        .unwrap_err()
-        .to_string();
+    let e = load_with_config_field("model_type", "roberta".into());
     assert!(e.contains("`model_type` = \"roberta\""), "{e}");
-    let dir = broken_copy(|d| {
-        let text = std::fs::read_to_string(minilm().join("config.json")).unwrap();
-        let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
-        v["num_hidden_layers"] = "six".into();
-        replace(d, "config.json", v.to_string().as_bytes());
-    });
-    let e = BertModel::from_folder(dir.path(), CPU)
-        .unwrap_err()
-        .to_string();
+    let e = load_with_config_field("num_hidden_layers", "six".into());
     assert!(e.contains("config.json: `num_hidden_layers`"), "{e}");
 
     // A tokenizer.json that is not JSON.

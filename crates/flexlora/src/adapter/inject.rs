@@ -96,22 +96,16 @@ pub fn inject_adapters(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::models::bert::LAYER_MODULES;
 
     fn bert_paths(layers: usize) -> Vec<String> {
-        let mut v = Vec::new();
-        for l in 0..layers {
-            for m in [
-                "attention.self.query",
-                "attention.self.key",
-                "attention.self.value",
-                "attention.output.dense",
-                "intermediate.dense",
-                "output.dense",
-            ] {
-                v.push(format!("encoder.layer.{l}.{m}"));
-            }
-        }
-        v
+        (0..layers)
+            .flat_map(|l| {
+                LAYER_MODULES
+                    .iter()
+                    .map(move |m| format!("encoder.layer.{l}.{m}"))
+            })
+            .collect()
     }
 
     #[test]
