@@ -17,6 +17,7 @@ pub mod io;
 pub mod models;
 pub mod optim;
 pub mod overrides;
+pub mod peft;
 pub mod plan;
 pub mod plots;
 pub mod tasks;

@@ -1,0 +1,1 @@
+//! Hugging Face PEFT interoperability: export, import and merge (filled in by the PEFT work).
