@@ -4,6 +4,7 @@
 //! and live with the adapters; what is here decides, from those scores, how many triplets keep
 //! their `λ` and which.
 
+use crate::schedule::ScheduleError;
 use serde::{Deserialize, Serialize};
 
 /// AdaLoRA's cubic total-rank budget, from `init_r · K` down to `target_r · K`.
@@ -42,7 +43,8 @@ pub struct AdaLoraStep {
 }
 
 impl AdaLoraBudget {
-    /// The budget and masking flag after optimiser step `t`.
+    /// The budget and masking flag at PEFT's `global_step = t` (`RankAllocator.budget_schedule`;
+    /// see [`AdaLoraAction`] for how `t` counts and what PEFT does around it).
     pub fn at(&self, t: u64) -> AdaLoraStep {
         if t <= self.t_init {
             return AdaLoraStep {
@@ -68,6 +70,94 @@ impl AdaLoraBudget {
             budget,
             mask: t % self.delta_t.max(1) == 0,
         }
+    }
+}
+
+/// What PEFT's `AdaLoraModel.update_and_allocate(global_step)` does at one step
+/// (`peft/tuners/adalora/model.py`, PEFT 0.21.2), with `global_step` counted as PEFT's own
+/// example counts it: the number of optimiser steps taken *before* the one just made (the call
+/// comes after `optimizer.step()`, with the gradients still in place, and before `zero_grad()`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "action")]
+pub enum AdaLoraAction {
+    /// `global_step < T − t_final`: update the sensitivity EMAs from the current gradients,
+    /// then, when `mask`, mask the triplets to `budget` with the fresh scores
+    /// (`RankAllocator.update_and_allocate`).
+    Update {
+        /// The budget of [`AdaLoraBudget::at`].
+        budget: usize,
+        /// Whether to mask at this step (`t > t_init` and `t mod ΔT = 0`).
+        mask: bool,
+    },
+    /// `global_step = T − t_final`: mask to `budget` (the target) with the scores as they are
+    /// (no EMA update, `force_mask=True`), keep that pattern for the rest of training, and drop
+    /// the EMAs (`reset_ipt`).
+    Finalise {
+        /// The budget, `target`.
+        budget: usize,
+    },
+    /// `global_step > T − t_final`: zero the `λ` the final pattern masks, again
+    /// (`mask_using_rank_pattern`); the EMAs are no longer updated.
+    Reapply,
+}
+
+impl AdaLoraBudget {
+    /// What PEFT's `update_and_allocate(global_step)` does at `global_step` (see
+    /// [`AdaLoraAction`]). With `t_final = 0` the final phase is never reached (the last
+    /// `global_step` is `T − 1`), exactly as in PEFT.
+    pub fn action(&self, global_step: u64) -> AdaLoraAction {
+        let end = self.total_steps.saturating_sub(self.t_final);
+        match global_step.cmp(&end) {
+            std::cmp::Ordering::Less => {
+                let s = self.at(global_step);
+                AdaLoraAction::Update {
+                    budget: s.budget,
+                    mask: s.mask,
+                }
+            }
+            std::cmp::Ordering::Equal => AdaLoraAction::Finalise {
+                budget: self.at(global_step).budget,
+            },
+            std::cmp::Ordering::Greater => AdaLoraAction::Reapply,
+        }
+    }
+
+    /// Checks what PEFT's `AdaLoraConfig` checks, and what the budget needs: `T ≥ 1`,
+    /// `t_init < T − t_final` (a budgeting phase exists), `ΔT ≥ 1`, `target ≤ initial`.
+    /// `field` of the error is `total_steps`, `t_init`, `delta_t` or `target`.
+    pub fn validate(&self) -> Result<(), ScheduleError> {
+        if self.total_steps == 0 {
+            return Err(ScheduleError {
+                field: "total_steps",
+                message: "must be at least 1".into(),
+            });
+        }
+        if self.t_init.saturating_add(self.t_final) >= self.total_steps {
+            return Err(ScheduleError {
+                field: "t_init",
+                message: format!(
+                    "t_init ({}) must be less than T − t_final ({} − {}): AdaLoRA needs a \
+                     budgeting phase (PEFT's AdaLoraConfig refuses this too)",
+                    self.t_init, self.total_steps, self.t_final
+                ),
+            });
+        }
+        if self.delta_t == 0 {
+            return Err(ScheduleError {
+                field: "delta_t",
+                message: "must be at least 1".into(),
+            });
+        }
+        if self.target > self.initial {
+            return Err(ScheduleError {
+                field: "target",
+                message: format!(
+                    "the target budget {} exceeds the initial one {}",
+                    self.target, self.initial
+                ),
+            });
+        }
+        Ok(())
     }
 }
 
@@ -180,6 +270,106 @@ mod tests {
     fn ties_at_threshold_are_all_masked_as_in_peft() {
         let s = [0.2, 0.2, 0.2, 0.9];
         assert_eq!(mask_to_budget(&s, 4, 3), vec![false, false, false, true]);
+    }
+
+    #[test]
+    fn actions_follow_peft_update_and_allocate() {
+        // T = 100, t_final = 20: update (and mask on multiples of 5 after t_init = 10) before
+        // 80, finalise at 80, re-apply after.
+        let b = budget();
+        assert_eq!(
+            b.action(0),
+            AdaLoraAction::Update {
+                budget: 72,
+                mask: false
+            }
+        );
+        assert_eq!(
+            b.action(10),
+            AdaLoraAction::Update {
+                budget: 72,
+                mask: false
+            }
+        );
+        assert_eq!(
+            b.action(45),
+            AdaLoraAction::Update {
+                budget: 51,
+                mask: true
+            }
+        );
+        assert_eq!(
+            b.action(79),
+            AdaLoraAction::Update {
+                budget: 48,
+                mask: false
+            }
+        );
+        // Finalising masks whether or not T − t_final is a multiple of ΔT (`force_mask`).
+        assert_eq!(b.action(80), AdaLoraAction::Finalise { budget: 48 });
+        let odd = AdaLoraBudget {
+            delta_t: 7,
+            ..b.clone()
+        };
+        assert_eq!(odd.action(80), AdaLoraAction::Finalise { budget: 48 });
+        assert_eq!(b.action(81), AdaLoraAction::Reapply);
+        assert_eq!(b.action(99), AdaLoraAction::Reapply);
+        // t_final = 0: the last call is global_step T − 1, still updating.
+        let no_final = AdaLoraBudget {
+            t_final: 0,
+            ..b.clone()
+        };
+        assert!(matches!(no_final.action(99), AdaLoraAction::Update { .. }));
+    }
+
+    #[test]
+    fn validation_matches_peft_config() {
+        let b = budget();
+        assert!(b.validate().is_ok());
+        let e = AdaLoraBudget {
+            t_init: 80,
+            ..b.clone()
+        }
+        .validate()
+        .unwrap_err();
+        assert_eq!(e.field, "t_init");
+        assert!(
+            AdaLoraBudget {
+                t_init: 79,
+                ..b.clone()
+            }
+            .validate()
+            .is_ok()
+        );
+        assert_eq!(
+            AdaLoraBudget {
+                delta_t: 0,
+                ..b.clone()
+            }
+            .validate()
+            .unwrap_err()
+            .field,
+            "delta_t"
+        );
+        assert_eq!(
+            AdaLoraBudget {
+                total_steps: 0,
+                t_init: 0,
+                t_final: 0,
+                ..b.clone()
+            }
+            .validate()
+            .unwrap_err()
+            .field,
+            "total_steps"
+        );
+        assert_eq!(
+            AdaLoraBudget { target: 73, ..b }
+                .validate()
+                .unwrap_err()
+                .field,
+            "target"
+        );
     }
 
     proptest! {

@@ -16,7 +16,7 @@ pub mod allocator;
 pub mod importance;
 pub mod schedule;
 
-pub use adalora::{AdaLoraBudget, AdaLoraStep, mask_to_budget};
+pub use adalora::{AdaLoraAction, AdaLoraBudget, AdaLoraStep, mask_to_budget};
 pub use allocator::{
     AllocationDirection, Decision, MatrixRank, RankAllocator, slot_to_expand, slot_to_prune,
 };

@@ -28,7 +28,7 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Fine-tune a model on labelled data: FlexLoRA (default), LoRA or full fine-tuning.
+    /// Fine-tune a model on labelled data: FlexLoRA (default), LoRA, AdaLoRA or full fine-tuning.
     Train {
         /// The run config (TOML).
         #[arg(long, default_value = "configs/default.toml")]
@@ -42,7 +42,7 @@ pub enum Command {
         /// Data file or GLUE folder (sets data.path).
         #[arg(long)]
         data: Option<PathBuf>,
-        /// flexlora, lora or full (sets method.name).
+        /// flexlora, lora, adalora or full (sets method.name).
         #[arg(long)]
         method: Option<String>,
         /// Epochs (sets training.epochs).
@@ -116,6 +116,52 @@ pub enum Command {
         /// Intra-op CPU threads (default: all cores).
         #[arg(long)]
         threads: Option<i32>,
+    },
+    /// Write a finished run's adapter as a Hugging Face PEFT adapter folder
+    /// (adapter_config.json, adapter_model.safetensors) that `PeftModel.from_pretrained` loads.
+    Export {
+        /// The run directory.
+        #[arg(long)]
+        run: PathBuf,
+        /// peft-lora (any adapter run) or peft-adalora (runs with SVD adapters).
+        #[arg(long, value_enum, default_value = "peft-lora")]
+        format: crate::peft::PeftFormat,
+        /// The adapter folder to write (default: `<run>/adapter`).
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
+    /// Load a Hugging Face PEFT LoRA or AdaLoRA adapter onto its base model and write a run
+    /// directory that `flexlora eval` and `flexlora predict` accept.
+    Import {
+        /// The PEFT adapter folder (adapter_config.json, adapter_model.safetensors).
+        #[arg(long)]
+        peft: PathBuf,
+        /// The base model folder (default: the adapter's base_model_name_or_path).
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// The run directory to write.
+        #[arg(long)]
+        output: PathBuf,
+        /// The run config giving the data (and settings for further training); its `[method]`
+        /// and model.target_modules are replaced by the adapter's.
+        #[arg(long, default_value = "configs/default.toml")]
+        config: PathBuf,
+        /// Override a config value, e.g. --set data.path="my.csv" (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+        /// Replace what is in the output directory.
+        #[arg(long)]
+        overwrite: bool,
+    },
+    /// Fold a finished run's adapter into the base weights and write a complete Hugging Face
+    /// model folder that transformers loads without PEFT.
+    Merge {
+        /// The run directory.
+        #[arg(long)]
+        run: PathBuf,
+        /// The model folder to write.
+        #[arg(long)]
+        output: PathBuf,
     },
 }
 
@@ -226,6 +272,43 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let n = crate::embed::embed_file(&model, &input, &output, &opts)?;
             eprintln!("embedded {n} texts -> {}", output.display());
+            Ok(())
+        }
+        Command::Export {
+            run,
+            format,
+            output,
+        } => {
+            let output = output.unwrap_or_else(|| run.join("adapter"));
+            crate::peft::export_run(&run, format, &output)?;
+            eprintln!("exported {} -> {}", run.display(), output.display());
+            Ok(())
+        }
+        Command::Import {
+            peft,
+            model,
+            output,
+            config,
+            overrides,
+            overwrite,
+        } => {
+            let template = crate::config::Config::load(&config, &overrides)?.config;
+            let imported =
+                crate::peft::import_to_run(&peft, model.as_deref(), &template, &output, overwrite)?;
+            let total: usize = imported.ranks.iter().map(|(_, r)| r).sum();
+            eprintln!(
+                "imported {} ({:?}, {} modules, total rank {total}) -> {} (method {:?})",
+                peft.display(),
+                imported.peft_type,
+                imported.ranks.len(),
+                output.display(),
+                imported.config.method.name
+            );
+            Ok(())
+        }
+        Command::Merge { run, output } => {
+            crate::peft::merge_run(&run, &output)?;
+            eprintln!("merged {} -> {}", run.display(), output.display());
             Ok(())
         }
     }

@@ -3,7 +3,9 @@
 //! Every section rejects unknown keys, and [`Config::validate`] rejects impossible values with
 //! the key and the allowed range, so a typo never silently falls back to a default.
 
-use flexlora_core::{AdjustmentSchedule, AllocationDirection, BudgetSchedule, Importance};
+use flexlora_core::{
+    AdaLoraBudget, AdjustmentSchedule, AllocationDirection, BudgetSchedule, Importance,
+};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use thiserror::Error;
@@ -165,6 +167,19 @@ pub enum MetricName {
     Spearman,
 }
 
+impl MetricName {
+    /// The metric's name as written in configs and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            MetricName::Accuracy => "accuracy",
+            MetricName::F1 => "f1",
+            MetricName::Matthews => "matthews",
+            MetricName::Pearson => "pearson",
+            MetricName::Spearman => "spearman",
+        }
+    }
+}
+
 /// `[data]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -249,6 +264,13 @@ pub enum ScalePolicy {
     InitRank,
     /// `s = α / r_current`, updated when the rank changes.
     CurrentRank,
+    /// AdaLoRA as PEFT computes it (`SVDLinear`): `· α / (r_init + 1e-5)`, applied as a
+    /// multiplication by `α` then a division by the `r_init + 1e-5` of the tensor's precision,
+    /// with `λ` folded into `Q` before the matmul (`x (Q ⊙ λ)ᵀ Pᵀ`), so the arithmetic is PEFT's
+    /// operation for operation. Set by the trainer for `method.name = "adalora"` (which ignores
+    /// `method.scale`); not a config value.
+    #[serde(skip)]
+    PeftAdalora,
 }
 
 /// `[method]`.
@@ -278,7 +300,8 @@ pub struct MethodConfig {
     /// Which norm the regulariser uses.
     #[serde(default)]
     pub orth_norm: OrthNorm,
-    /// How the scale follows rank changes.
+    /// How the scale follows rank changes (FlexLoRA; AdaLoRA always uses PEFT's
+    /// `α / (r_init + 1e-5)`, [`ScalePolicy::PeftAdalora`]).
     #[serde(default)]
     pub scale: ScalePolicy,
 }
@@ -315,6 +338,12 @@ pub struct AllocationConfig {
     /// Standard deviation of a new direction's P column and Q row (the reference uses 1).
     #[serde(default = "default_new_direction_std")]
     pub new_direction_std: f64,
+    /// AdaLoRA: EMA factor `β1` of the sensitivity `|p · ∂L/∂p|` (PEFT's `beta1`, 0.85).
+    #[serde(default = "default_sensitivity_beta")]
+    pub sensitivity_beta1: f64,
+    /// AdaLoRA: EMA factor `β2` of the sensitivity's uncertainty (PEFT's `beta2`, 0.85).
+    #[serde(default = "default_sensitivity_beta")]
+    pub sensitivity_beta2: f64,
 }
 
 /// `[schedule]`: the adjustment steps and `b(t)` (METHOD.md §3).
@@ -462,6 +491,9 @@ fn default_orth_reg_weight() -> f64 {
 fn default_new_direction_std() -> f64 {
     0.02
 }
+fn default_sensitivity_beta() -> f64 {
+    0.85
+}
 fn default_b0() -> u32 {
     4
 }
@@ -519,6 +551,8 @@ impl Default for AllocationConfig {
             direction: AllocationDirection::default(),
             new_direction_init: NewDirectionInit::default(),
             new_direction_std: default_new_direction_std(),
+            sensitivity_beta1: default_sensitivity_beta(),
+            sensitivity_beta2: default_sensitivity_beta(),
         }
     }
 }
@@ -647,6 +681,21 @@ impl Config {
         self.training
             .max_steps
             .unwrap_or_else(|| self.training.epochs * self.steps_per_epoch(n_train))
+    }
+
+    /// AdaLoRA's budget for `matrices` adapted matrices and a run of `total_steps` optimiser
+    /// steps: `method.r_init · K` down to `method.target_r · K`, PEFT's `tinit`, `tfinal`,
+    /// `deltaT` from `schedule.t_init`, `t_final`, `delta_t`.
+    pub fn adalora_budget(&self, matrices: usize, total_steps: u64) -> AdaLoraBudget {
+        let s = &self.schedule;
+        AdaLoraBudget {
+            initial: self.method.r_init * matrices,
+            target: self.method.target_r * matrices,
+            t_init: s.t_init,
+            t_final: s.t_final,
+            delta_t: s.delta_t,
+            total_steps,
+        }
     }
 
     /// The adjustment schedule for a run of `total_steps` optimiser steps.

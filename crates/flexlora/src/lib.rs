@@ -6,6 +6,7 @@
 
 pub use flexlora_core as core;
 
+pub mod adalora;
 pub mod adapter;
 pub mod allocation;
 pub mod cli;

@@ -113,6 +113,13 @@ pub fn check(config: &Config, origin: &str) -> Result<(), ConfigError> {
             "must be at least 1",
         )?;
     }
+    let a = &config.allocation;
+    for (key, beta) in [
+        ("allocation.sensitivity_beta1", a.sensitivity_beta1),
+        ("allocation.sensitivity_beta2", a.sensitivity_beta2),
+    ] {
+        c.require(unit_open(beta), key, beta, "must be in (0, 1)")?;
+    }
     let d = &config.data;
     c.require(
         unit_open(d.train_fraction),
@@ -245,6 +252,36 @@ pub fn schedule(config: &Config, total_steps: u64, origin: &str) -> Result<(), C
                 "b0" => s.b0.to_string(),
                 "exp_rate" => s.exp_rate.to_string(),
                 _ => total_steps.to_string(),
+            };
+            ConfigError::Invalid {
+                origin: origin.to_string(),
+                key,
+                value,
+                message: e.message,
+            }
+        })
+}
+
+/// Checks AdaLoRA's schedule against the run's `total_steps` as PEFT's `AdaLoraConfig` does
+/// (`schedule.t_init < T − schedule.t_final`), naming the key at fault.
+pub fn adalora_schedule(
+    config: &Config,
+    total_steps: u64,
+    origin: &str,
+) -> Result<(), ConfigError> {
+    config
+        .adalora_budget(1, total_steps)
+        .validate()
+        .map_err(|e| {
+            let s = &config.schedule;
+            let (key, value) = match e.field {
+                "t_init" => ("schedule.t_init".to_string(), s.t_init.to_string()),
+                "delta_t" => ("schedule.delta_t".to_string(), s.delta_t.to_string()),
+                "target" => (
+                    "method.target_r".to_string(),
+                    config.method.target_r.to_string(),
+                ),
+                _ => ("training.epochs".to_string(), total_steps.to_string()),
             };
             ConfigError::Invalid {
                 origin: origin.to_string(),

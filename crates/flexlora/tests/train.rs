@@ -96,6 +96,8 @@ fn trains_evaluates_and_writes_every_output() {
         "plots/loss.png",
         "checkpoints/best/model.safetensors",
         "checkpoints/final/model.safetensors",
+        "adapter/adapter_config.json",
+        "adapter/adapter_model.safetensors",
     ] {
         assert!(out.join(f).exists(), "{f} missing");
     }

@@ -157,31 +157,76 @@ impl SvdAdapter {
         self.active.iter().filter(|&&a| a).count()
     }
 
-    /// The scale `s`: `α / r_init` (default, as the reference) or `α / r_current`.
+    /// The scale `s`: `α / r_init` (default, as the reference), `α / r_current`, or PEFT
+    /// AdaLoRA's `α / (r_init + 1e-5)` (with `r_init + 1e-5` rounded to `f32` as PEFT's
+    /// `ranknum` is).
     pub fn scale(&self) -> f64 {
         let r = match self.config.scale {
-            ScalePolicy::InitRank => self.config.r_init,
-            ScalePolicy::CurrentRank => self.rank().max(1),
+            ScalePolicy::InitRank => self.config.r_init as f64,
+            ScalePolicy::CurrentRank => self.rank().max(1) as f64,
+            ScalePolicy::PeftAdalora => f64::from(self.config.r_init as f32 + 1e-5_f32),
         };
-        self.config.alpha / r as f64
+        self.config.alpha / r
+    }
+
+    /// PEFT AdaLoRA's `ranknum + 1e-5`: `r_init` in the parameters' precision plus `1e-5`,
+    /// as a one-element tensor (the divisor of [`ScalePolicy::PeftAdalora`]).
+    fn ranknum(&self) -> Tensor {
+        Tensor::full(
+            [1],
+            self.config.r_init as f64,
+            (self.p.kind(), self.p.device()),
+        ) + 1e-5
     }
 
     /// The update's contribution to the layer output:
-    /// `s · ((dropout(x) Qᵀ) ⊙ (λ ⊙ mask)) Pᵀ`, never materialising `ΔW`.
+    /// `s · ((dropout(x) Qᵀ) ⊙ (λ ⊙ mask)) Pᵀ`, never materialising `ΔW`. With
+    /// [`ScalePolicy::PeftAdalora`], PEFT's `SVDLinear` order instead:
+    /// `(dropout(x) (Q ⊙ (λ ⊙ mask))ᵀ Pᵀ) · α / (r_init + 1e-5)`.
     pub fn forward_delta(&self, x: &Tensor, train: bool) -> Tensor {
         let x = if train && self.config.dropout > 0.0 {
             x.dropout(self.config.dropout, true)
         } else {
             x.shallow_clone()
         };
-        let h = x.matmul(&self.q.tr()) * (&self.lambda * &self.mask);
+        let lambda = &self.lambda * &self.mask;
+        if self.config.scale == ScalePolicy::PeftAdalora {
+            let qe = &self.q * lambda.unsqueeze(1);
+            return x.matmul(&qe.tr()).matmul(&self.p.tr()) * self.config.alpha / self.ranknum();
+        }
+        let h = x.matmul(&self.q.tr()) * lambda;
         h.matmul(&self.p.tr()) * self.scale()
     }
 
-    /// `ΔW = s · P diag(λ ⊙ mask) Q` (`out × in`), for merging, export and tests.
+    /// `ΔW = s · P diag(λ ⊙ mask) Q` (`out × in`), for merging, export and tests (with
+    /// [`ScalePolicy::PeftAdalora`], PEFT's `get_delta_weight` order:
+    /// `P (Q ⊙ λ) · α / (r_init + 1e-5)`).
     pub fn delta_weight(&self) -> Tensor {
-        let core = (&self.lambda * &self.mask).unsqueeze(0);
-        (&self.p * core).matmul(&self.q) * self.scale()
+        let lambda = &self.lambda * &self.mask;
+        if self.config.scale == ScalePolicy::PeftAdalora {
+            let qe = &self.q * lambda.unsqueeze(1);
+            return self.p.matmul(&qe) * self.config.alpha / self.ranknum();
+        }
+        (&self.p * lambda.unsqueeze(0)).matmul(&self.q) * self.scale()
+    }
+
+    /// Zeroes `λ` of every slot whose `keep` flag is false (AdaLoRA's masking, PEFT's
+    /// `masked_fill_(…, 0.0)`); the slots stay active, so their `λ` keeps receiving gradients
+    /// and may grow back, and the optimiser state is untouched, as in PEFT.
+    pub fn zero_lambdas(&mut self, keep: &[bool]) -> Result<(), AdapterError> {
+        if keep.len() != self.active.len() {
+            return Err(AdapterError::Shape(format!(
+                "{} keep flags for {} slots",
+                keep.len(),
+                self.active.len()
+            )));
+        }
+        let masked: Vec<bool> = keep.iter().map(|&k| !k).collect();
+        let masked = Tensor::from_slice(&masked).to_device(self.lambda.device());
+        tch::no_grad(|| {
+            let _ = self.lambda.masked_fill_(&masked, 0.0);
+        });
+        Ok(())
     }
 
     /// The `λ` of the active slots, in slot order.

@@ -330,7 +330,7 @@ impl Source {
                 message,
             })
         };
-        let metric = metric_key(self.metric);
+        let metric = self.metric.name();
         match (self.task, self.metric) {
             (TaskKind::Classification, MetricName::Pearson | MetricName::Spearman) => {
                 return err(format!(
@@ -368,17 +368,6 @@ impl Source {
             }
         }
         Ok(())
-    }
-}
-
-/// The metric's name as written in the config.
-fn metric_key(metric: MetricName) -> &'static str {
-    match metric {
-        MetricName::Accuracy => "accuracy",
-        MetricName::F1 => "f1",
-        MetricName::Matthews => "matthews",
-        MetricName::Pearson => "pearson",
-        MetricName::Spearman => "spearman",
     }
 }
 

@@ -3,7 +3,9 @@
 //!
 //! `checkpoints/step-000123/` holds `model.safetensors` (the trainable state),
 //! `optimiser.safetensors` (moments and per-slot step counts), `state.json` (the trainer's
-//! position and histories) and `manifest.json`, written last.
+//! position and histories), for AdaLoRA `adalora.safetensors` (the sensitivity EMAs and the
+//! rank pattern, see [`crate::adalora::AdaLoraAllocator::state`]) and `manifest.json`, written
+//! last.
 
 use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};

@@ -27,24 +27,13 @@ impl Evaluation {
     /// As JSON for `metrics.jsonl`.
     pub fn to_json(&self, reported: MetricName) -> serde_json::Value {
         let mut m = serde_json::Map::new();
-        m.insert("metric".into(), metric_label(reported).into());
+        m.insert("metric".into(), reported.name().into());
         m.insert("value".into(), self.metric.into());
         m.insert("loss".into(), self.loss.into());
         for (name, v) in &self.all {
             m.insert((*name).into(), (*v).into());
         }
         serde_json::Value::Object(m)
-    }
-}
-
-/// The config name of a metric.
-pub fn metric_label(m: MetricName) -> &'static str {
-    match m {
-        MetricName::Accuracy => "accuracy",
-        MetricName::F1 => "f1",
-        MetricName::Matthews => "matthews",
-        MetricName::Pearson => "pearson",
-        MetricName::Spearman => "spearman",
     }
 }
 
@@ -98,7 +87,7 @@ pub fn evaluate(
     let all: Vec<(&'static str, f64)> = names
         .iter()
         .filter(|&&m| m != MetricName::F1 || binary)
-        .map(|&m| (metric_label(m), tasks::metric(m, &predictions, &labels)))
+        .map(|&m| (m.name(), tasks::metric(m, &predictions, &labels)))
         .collect();
     Ok(Evaluation {
         metric: tasks::metric(metric, &predictions, &labels),

@@ -2,8 +2,10 @@
 //!
 //! One optimiser step = `grad_accum` micro-batches: forward, task loss + orthogonality
 //! regulariser (divided by the number of micro-batches), backward; then gradient clipping, the
-//! AdamW step at the scheduled learning rate, and, for FlexLoRA, the allocation step if the
-//! schedule says so. Steps are counted in optimiser steps everywhere.
+//! AdamW step at the scheduled learning rate, for AdaLoRA the sensitivity update and masking
+//! (before the gradients are zeroed, as PEFT's `update_and_allocate`; see [`crate::adalora`]),
+//! and, for FlexLoRA, the allocation step if the schedule says so. Steps are counted in
+//! optimiser steps everywhere.
 //!
 //! Determinism: LibTorch's generator is re-seeded from `(seed, step)` before every optimiser
 //! step and before every allocation, and each epoch's data order is a function of
@@ -15,6 +17,7 @@ pub mod eval;
 pub mod model;
 pub mod run;
 
+use crate::adalora::AdaLoraAllocator;
 use crate::adapter::orthogonality_regulariser;
 use crate::allocation::{AllocationPolicy, apply_allocation};
 use crate::config::{Config, MethodName};
@@ -59,7 +62,7 @@ pub struct Summary {
     pub best_epoch: u64,
     /// Examples in train / validation / test.
     pub examples: [usize; 3],
-    /// Trainable parameters at the end (active slots only).
+    /// Trainable parameters at the end (active slots only; AdaLoRA: kept triplets only).
     pub trainable_parameters: i64,
     /// Sum of adapter ranks at the end (SVD adapters).
     pub total_rank: usize,
@@ -121,6 +124,9 @@ pub fn train(config: &Config, opts: &TrainOptions) -> anyhow::Result<Summary> {
     if config.method.name == MethodName::Flexlora {
         crate::validate::schedule(config, total_steps, &run.config_origin())?;
     }
+    if config.method.name == MethodName::Adalora {
+        crate::validate::adalora_schedule(config, total_steps, &run.config_origin())?;
+    }
     tch::manual_seed(step_seed(tc.seed, u64::MAX));
     let mut model = TaskModel::build(config, splits.num_labels(), splits.task, device)?;
     let tokenizer = TextTokenizer::from_folder(&config.model.path, config.data.max_length)?;
@@ -143,15 +149,38 @@ pub fn train(config: &Config, opts: &TrainOptions) -> anyhow::Result<Summary> {
         init_std: config.allocation.new_direction_std,
     };
 
-    let ranks = |m: &TaskModel| {
-        m.svd_adapters()
+    let mut adalora = match config.method.name {
+        MethodName::Adalora => {
+            let adapters = model.svd_adapters();
+            let a = &config.allocation;
+            Some(AdaLoraAllocator::new(
+                &adapters,
+                config.adalora_budget(adapters.len(), total_steps),
+                a.sensitivity_beta1,
+                a.sensitivity_beta2,
+            )?)
+        }
+        _ => None,
+    };
+
+    // AdaLoRA's rank is the number of triplets its latest mask kept (crate::adalora).
+    let ranks = |m: &TaskModel, ada: Option<&AdaLoraAllocator>| match ada {
+        Some(a) => a.ranks(),
+        None => m
+            .svd_adapters()
             .iter()
             .map(|a| a.rank())
-            .collect::<Vec<_>>()
+            .collect::<Vec<_>>(),
+    };
+    let trainable = |m: &TaskModel, ada: Option<&AdaLoraAllocator>| {
+        m.trainable_parameters() - ada.map_or(0, |a| a.masked_parameters(&m.svd_adapters()))
     };
     let mut state = match run.latest_checkpoint(opts.resume)? {
         Some(dir) => {
             let state = run.load_checkpoint(&dir, &mut model, &mut optimiser)?;
+            if let Some(a) = adalora.as_mut() {
+                run.load_adalora(&dir, a)?;
+            }
             if !opts.quiet {
                 eprintln!(
                     "resuming {} from optimiser step {}",
@@ -163,11 +192,11 @@ pub fn train(config: &Config, opts: &TrainOptions) -> anyhow::Result<Summary> {
         }
         None => {
             let state = TrainerState {
-                rank_history: vec![(0, ranks(&model))],
+                rank_history: vec![(0, ranks(&model, adalora.as_ref()))],
                 ..Default::default()
             };
             run.log_ranks(
-                &serde_json::json!({"step": 0, "ranks": ranks(&model), "initial": true}),
+                &serde_json::json!({"step": 0, "ranks": ranks(&model, adalora.as_ref()), "initial": true}),
             )?;
             state
         }
@@ -236,9 +265,25 @@ pub fn train(config: &Config, opts: &TrainOptions) -> anyhow::Result<Summary> {
             let grad_norm = optimiser.clip_grad_norm(o.clip_norm);
             let lr = learning_rate(o.lr_schedule, o.lr, state.step, total_steps, o.warmup_ratio);
             optimiser.step(lr);
+            // AdaLoRA between the optimiser step and zero_grad, as PEFT's update_and_allocate,
+            // whose global_step counts the steps before this one.
+            let mask_record = match adalora.as_mut() {
+                Some(a) => a.update_and_allocate(&mut model.svd_adapters_mut(), state.step)?,
+                None => None,
+            };
             optimiser.zero_grad();
             state.step += 1;
             state.micro_in_epoch = last;
+            if let Some(record) = mask_record {
+                if state
+                    .rank_history
+                    .last()
+                    .is_none_or(|(_, r)| *r != record.ranks)
+                {
+                    state.rank_history.push((state.step, record.ranks.clone()));
+                }
+                run.log_ranks(&serde_json::to_value(&record)?)?;
+            }
 
             if config.method.name == MethodName::Flexlora {
                 if let Some(b) = schedule.moves_at(state.step) {
@@ -258,8 +303,9 @@ pub fn train(config: &Config, opts: &TrainOptions) -> anyhow::Result<Summary> {
                 state.loss_history.push((state.step, mean));
                 run.log_metrics(&serde_json::json!({
                     "step": state.step, "epoch": state.epoch + 1, "loss": mean, "lr": lr,
-                    "grad_norm": grad_norm, "total_rank": ranks(&model).iter().sum::<usize>(),
-                    "trainable_parameters": model.trainable_parameters(),
+                    "grad_norm": grad_norm,
+                    "total_rank": ranks(&model, adalora.as_ref()).iter().sum::<usize>(),
+                    "trainable_parameters": trainable(&model, adalora.as_ref()),
                 }))?;
                 bar.set_message(format!("loss {mean:.4}"));
                 window_loss = (0.0, 0);
@@ -270,7 +316,7 @@ pub fn train(config: &Config, opts: &TrainOptions) -> anyhow::Result<Summary> {
             // a checkpoint's step never splits an epoch end from its validation record.
             let epoch_ends = state.micro_in_epoch >= micro_per_epoch;
             if !epoch_ends && state.step - last_checkpoint_step >= tc.checkpoint_every {
-                run.save_checkpoint(&state, &model, &optimiser)?;
+                run.save_checkpoint(&state, &model, &optimiser, adalora.as_ref())?;
                 last_checkpoint_step = state.step;
             }
         }
@@ -291,7 +337,7 @@ pub fn train(config: &Config, opts: &TrainOptions) -> anyhow::Result<Summary> {
                 bar.println(format!(
                     "epoch {}: validation {} {:.4} (loss {:.4})",
                     state.epoch + 1,
-                    eval::metric_label(splits.metric),
+                    splits.metric.name(),
                     val.metric,
                     val.loss
                 ));
@@ -306,12 +352,12 @@ pub fn train(config: &Config, opts: &TrainOptions) -> anyhow::Result<Summary> {
             }
             state.epoch += 1;
             state.micro_in_epoch = 0;
-            run.save_checkpoint(&state, &model, &optimiser)?;
+            run.save_checkpoint(&state, &model, &optimiser, adalora.as_ref())?;
             last_checkpoint_step = state.step;
         }
     }
     bar.finish_and_clear();
-    run.save_final(&state, &model)?;
+    run.save_final(&state, &model, adalora.as_ref())?;
 
     // Test with the best validation epoch's parameters (the final state when there was no
     // validation split).
@@ -336,24 +382,32 @@ pub fn train(config: &Config, opts: &TrainOptions) -> anyhow::Result<Summary> {
     run.plots(
         &state,
         &matrix_labels,
-        config.method.r_max,
-        eval::metric_label(splits.metric),
+        match adalora {
+            Some(_) => config.method.r_init,
+            None => config.method.r_max,
+        },
+        splits.metric.name(),
     )?;
     let summary = Summary {
         method: config.method.name,
-        metric: eval::metric_label(splits.metric).to_string(),
+        metric: splits.metric.name().to_string(),
         test_metric: test.metric,
         validation_metric: best.metric,
         best_epoch: best.epoch + 1,
         examples: [n_train, splits.validation.len(), splits.test.len()],
-        trainable_parameters: model.trainable_parameters(),
-        total_rank: ranks(&model).iter().sum(),
+        trainable_parameters: trainable(&model, adalora.as_ref()),
+        total_rank: ranks(&model, adalora.as_ref()).iter().sum(),
         steps: state.step,
         train_seconds: state.train_seconds,
         wall_seconds: wall.elapsed().as_secs_f64(),
         steps_per_second: state.step as f64 / state.train_seconds.max(1e-9),
         seed: tc.seed,
     };
+    // The adapter in Hugging Face PEFT's format (`peft_type: LORA`), for use without flexlora.
+    if matches!(config.method.name, MethodName::Flexlora | MethodName::Lora) {
+        let adapter = opts.output.join("adapter");
+        crate::peft::export_run(&opts.output, crate::peft::PeftFormat::Lora, &adapter)?;
+    }
     run.write_summary(&summary)?;
     Ok(summary)
 }

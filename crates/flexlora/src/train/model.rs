@@ -2,7 +2,7 @@
 //! state as named tensors (for checkpoints, best-epoch selection and export).
 
 use crate::adapter::{Adapter, LoraAdapter, SvdAdapter, SvdAdapterConfig, inject_adapters};
-use crate::config::{Config, MethodName, TaskKind};
+use crate::config::{Config, MethodName, ScalePolicy, TaskKind};
 use crate::models::{BertModel, EncoderInput, SequenceClassifier};
 use anyhow::{Context, bail};
 use std::collections::HashMap;
@@ -39,13 +39,21 @@ impl TaskModel {
         let m = &config.method;
         let opts = (Kind::Float, device);
         let adapted_paths = match m.name {
-            MethodName::Flexlora => {
+            MethodName::Flexlora | MethodName::Adalora => {
+                // AdaLoRA keeps every one of its r_init slots active and masks by zeroing λ,
+                // with PEFT's scale (see crate::adalora); `method.r_max` and `method.scale`
+                // apply to FlexLoRA only.
+                let adalora = m.name == MethodName::Adalora;
                 let svd = SvdAdapterConfig {
                     r_init: m.r_init,
-                    r_max: m.r_max,
+                    r_max: if adalora { m.r_init } else { m.r_max },
                     alpha: m.alpha,
                     dropout: m.dropout,
-                    scale: m.scale,
+                    scale: if adalora {
+                        ScalePolicy::PeftAdalora
+                    } else {
+                        m.scale
+                    },
                     init_std: SVD_INIT_STD,
                 };
                 inject_adapters(
@@ -64,10 +72,6 @@ impl TaskModel {
                         i, o, m.r_init, m.alpha, m.dropout, opts,
                     )?))
                 },
-            ),
-            MethodName::Adalora => bail!(
-                "method.name = \"adalora\" is not trainable yet (it arrives with the baselines); \
-                 use flexlora, lora or full"
             ),
             MethodName::Full => {
                 bert.set_trainable(true);

@@ -4,6 +4,7 @@
 //! runs/<name>/config.toml       the fully resolved config
 //!             metrics.jsonl     training loss, lr, grad norm; validation per epoch; test at the end
 //!             ranks.jsonl       every adjustment step: scores, pruned and expanded slots, ranks
+//!                               (AdaLoRA: every masking: budget, triplet scores, rank pattern)
 //!             checkpoints/      step-NNNNNN (resume), best (best validation epoch), final
 //!             plots/ranks.png   rank of every adapted matrix against the step
 //!             plots/loss.png    training loss and validation metric
@@ -13,6 +14,7 @@
 use super::Summary;
 use super::checkpoint::{self, TrainerState};
 use super::model::TaskModel;
+use crate::adalora::AdaLoraAllocator;
 use crate::config::Config;
 use crate::optim::AdamW;
 use anyhow::{Context, bail};
@@ -149,18 +151,21 @@ impl RunDir {
         Ok(state)
     }
 
-    /// Writes a step checkpoint and removes old ones.
+    /// Writes a step checkpoint (with AdaLoRA's allocator state in `adalora.safetensors` when
+    /// given) and removes old ones.
     pub fn save_checkpoint(
         &self,
         state: &TrainerState,
         model: &TaskModel,
         optimiser: &AdamW,
+        adalora: Option<&AdaLoraAllocator>,
     ) -> anyhow::Result<()> {
         let dir = self.checkpoints().join(format!("step-{:06}", state.step));
         checkpoint::write_checkpoint(&dir, |tmp| {
             Tensor::write_safetensors(&model.state(), tmp.join("model.safetensors"))?;
             optimiser.save(&tmp.join("optimiser.safetensors"))?;
             std::fs::write(tmp.join("state.json"), serde_json::to_string_pretty(state)?)?;
+            save_adalora(tmp, adalora)?;
             Ok(())
         })?;
         checkpoint::prune_old(&self.checkpoints(), state.step, KEEP_CHECKPOINTS);
@@ -182,13 +187,27 @@ impl RunDir {
         load_model_checkpoint(&self.checkpoints().join("best"), model)
     }
 
-    /// Writes the final trainable state and trainer state.
-    pub fn save_final(&self, state: &TrainerState, model: &TaskModel) -> anyhow::Result<()> {
+    /// Writes the final trainable state and trainer state (and AdaLoRA's allocator state, whose
+    /// `adalora.<k>.keep` flags are the final rank pattern).
+    pub fn save_final(
+        &self,
+        state: &TrainerState,
+        model: &TaskModel,
+        adalora: Option<&AdaLoraAllocator>,
+    ) -> anyhow::Result<()> {
         checkpoint::write_checkpoint(&self.checkpoints().join("final"), |tmp| {
             Tensor::write_safetensors(&model.state(), tmp.join("model.safetensors"))?;
             std::fs::write(tmp.join("state.json"), serde_json::to_string_pretty(state)?)?;
-            Ok(())
+            save_adalora(tmp, adalora)
         })
+    }
+
+    /// Restores AdaLoRA's allocator state from the checkpoint `dir` (resuming).
+    pub fn load_adalora(&self, dir: &Path, adalora: &mut AdaLoraAllocator) -> anyhow::Result<()> {
+        let tensors = read_tensors(&dir.join(ADALORA_FILE))?;
+        adalora
+            .load_state(&tensors)
+            .with_context(|| format!("loading {}", dir.join(ADALORA_FILE).display()))
     }
 
     /// Draws `plots/ranks.png` (when there are SVD adapters) and `plots/loss.png`.
@@ -235,6 +254,16 @@ impl RunDir {
         })?;
         Ok(())
     }
+}
+
+/// AdaLoRA's allocator state inside a checkpoint folder.
+const ADALORA_FILE: &str = "adalora.safetensors";
+
+fn save_adalora(dir: &Path, adalora: Option<&AdaLoraAllocator>) -> anyhow::Result<()> {
+    if let Some(a) = adalora {
+        Tensor::write_safetensors(&a.state(), dir.join(ADALORA_FILE))?;
+    }
+    Ok(())
 }
 
 /// Loads `model.safetensors` of a verified checkpoint folder into `model`.

@@ -1,0 +1,369 @@
+//! AdaLoRA on the SVD adapters, as Hugging Face PEFT 0.21.2 implements it (METHOD.md §5):
+//! the tensor half of PEFT's `RankAllocator` (sensitivity EMAs, triplet scores, masking); the
+//! budget and the choice of triplets come from [`flexlora_core::adalora`].
+//!
+//! How AdaLoRA maps onto [`SvdAdapter`]: PEFT's `lora_A` `[r, in]` is `Q`, `lora_E` `[r, 1]` is
+//! `λ`, `lora_B` `[out, r]` is `P`. Every adapted matrix has `r_init` slots, all active for the
+//! whole run (`r_max = r_init`, `method.r_max` is not used), and the adapters use
+//! [`ScalePolicy::PeftAdalora`](crate::config::ScalePolicy::PeftAdalora). Masking a triplet
+//! zeroes its `λ` and nothing else, exactly as PEFT's `masked_fill_` on `lora_E`:
+//! - the slot stays active, so its `λ` keeps receiving gradients and grows back at the next
+//!   optimiser step; it is zeroed again at the next masking unless its score has risen above
+//!   the threshold (PEFT re-scores every triplet, masked or not);
+//! - its `P` column and `Q` row stay in the orthogonality regulariser (PEFT's covers all of
+//!   `lora_A` and `lora_B`);
+//! - its optimiser state is never reset.
+//!
+//! The *rank* of a matrix in logs, `ranks.jsonl`, the rank heatmap and the trainable-parameter
+//! count is the number of triplets the latest mask kept (PEFT's `rank_pattern`, what a saved
+//! PEFT adapter is cut down to), `r_init` before the first masking. The number of non-zero `λ`
+//! would not do: between two maskings the masked `λ` are non-zero again.
+//!
+//! Call order (PEFT's documented use, and the trainer's): backward, clipping, the optimiser
+//! step, then [`AdaLoraAllocator::update_and_allocate`] with the gradients still in place (so
+//! the sensitivity is `|p · ∇p|` with the *updated* `p` and the gradient that produced the
+//! update), then `zero_grad`.
+
+use crate::adapter::{AdapterError, SvdAdapter};
+use flexlora_core::{AdaLoraAction, AdaLoraBudget, mask_to_budget};
+use serde::Serialize;
+use std::collections::HashMap;
+use tch::{Device, Kind, Tensor};
+use thiserror::Error;
+
+/// An AdaLoRA step or state that cannot be applied.
+#[derive(Debug, Error)]
+pub enum AdaLoraError {
+    /// The adapters do not fit the allocator (count, slots, or a checkpointed state).
+    #[error("AdaLoRA: {0}")]
+    Mismatch(String),
+    /// An adapter refused the mask.
+    #[error("AdaLoRA, matrix {matrix}: {source}")]
+    Adapter {
+        /// The matrix index.
+        matrix: usize,
+        /// The adapter's error.
+        source: AdapterError,
+    },
+}
+
+/// One masking (a line of `ranks.jsonl`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MaskRecord {
+    /// Optimiser steps done, counting the one just made (the `step` of every log line).
+    pub step: u64,
+    /// PEFT's `global_step` of the same call: `step − 1`.
+    pub global_step: u64,
+    /// The budget masked to (triplets allowed a non-zero `λ`).
+    pub budget: usize,
+    /// Whether this is the final mask (`global_step = T − t_final`), re-applied at every later
+    /// step.
+    #[serde(rename = "final")]
+    pub final_mask: bool,
+    /// Every triplet's score, per matrix, in slot order (as the masking saw them).
+    pub scores: Vec<Vec<f64>>,
+    /// Triplets kept per matrix.
+    pub ranks: Vec<usize>,
+    /// Which triplets keep their `λ`, per matrix (PEFT's `rank_pattern`).
+    pub rank_pattern: Vec<Vec<bool>>,
+}
+
+/// The per-element EMAs of one tensor: sensitivity `Ī` and uncertainty `Ū`.
+#[derive(Debug)]
+struct Ema {
+    ipt: Tensor,
+    unc: Tensor,
+}
+
+/// PEFT's `RankAllocator` over SVD adapters: sensitivity EMAs of every `P`, `λ`, `Q` entry,
+/// the current rank pattern, and the phase logic of `AdaLoraModel.update_and_allocate`.
+#[derive(Debug)]
+pub struct AdaLoraAllocator {
+    budget: AdaLoraBudget,
+    beta1: f64,
+    beta2: f64,
+    /// Per adapter: the EMAs of `P`, `λ`, `Q` (the order of `SvdAdapter::slotted_parameters`).
+    ema: Vec<[Ema; 3]>,
+    pattern: Vec<Vec<bool>>,
+    finalised: bool,
+}
+
+const TENSORS: [&str; 3] = ["P", "lambda", "Q"];
+
+impl AdaLoraAllocator {
+    /// An allocator for `adapters` (the model's SVD adapters, in model order) with zero EMAs and
+    /// every triplet kept. `budget.initial` must be the total number of slots, every slot must
+    /// be active, and `beta1`, `beta2` must lie in (0, 1) (PEFT asserts the same).
+    pub fn new(
+        adapters: &[&SvdAdapter],
+        budget: AdaLoraBudget,
+        beta1: f64,
+        beta2: f64,
+    ) -> Result<Self, AdaLoraError> {
+        for (name, beta) in [("beta1", beta1), ("beta2", beta2)] {
+            if !(beta > 0.0 && beta < 1.0) {
+                return Err(AdaLoraError::Mismatch(format!(
+                    "{name} = {beta} is not in (0, 1)"
+                )));
+            }
+        }
+        let slots: usize = adapters.iter().map(|a| a.active().len()).sum();
+        if slots != budget.initial {
+            return Err(AdaLoraError::Mismatch(format!(
+                "the budget starts at {} triplets but the adapters have {slots} slots",
+                budget.initial
+            )));
+        }
+        if let Some(k) = adapters.iter().position(|a| a.rank() != a.active().len()) {
+            return Err(AdaLoraError::Mismatch(format!(
+                "matrix {k} has inactive slots; AdaLoRA keeps every slot active and masks λ"
+            )));
+        }
+        let ema = adapters
+            .iter()
+            .map(|a| {
+                a.slotted_parameters().map(|(p, _)| Ema {
+                    ipt: p.detach().zeros_like(),
+                    unc: p.detach().zeros_like(),
+                })
+            })
+            .collect();
+        Ok(Self {
+            budget,
+            beta1,
+            beta2,
+            ema,
+            pattern: adapters
+                .iter()
+                .map(|a| vec![true; a.active().len()])
+                .collect(),
+            finalised: false,
+        })
+    }
+
+    /// The budget schedule.
+    pub fn budget(&self) -> &AdaLoraBudget {
+        &self.budget
+    }
+
+    /// Which triplets the latest mask kept, per matrix (all before the first masking).
+    pub fn rank_pattern(&self) -> &[Vec<bool>] {
+        &self.pattern
+    }
+
+    /// Triplets kept per matrix: AdaLoRA's rank (see the module documentation).
+    pub fn ranks(&self) -> Vec<usize> {
+        self.pattern
+            .iter()
+            .map(|p| p.iter().filter(|&&k| k).count())
+            .collect()
+    }
+
+    /// Whether the final mask has been fixed (`T − t_final` passed).
+    pub fn is_final(&self) -> bool {
+        self.finalised
+    }
+
+    /// Parameters of masked triplets, `Σ_k (slots_k − kept_k) · (in_k + out_k + 1)`: what to
+    /// subtract from the model's count of active-slot parameters to count kept triplets only.
+    pub fn masked_parameters(&self, adapters: &[&SvdAdapter]) -> i64 {
+        adapters
+            .iter()
+            .zip(&self.pattern)
+            .map(|(a, keep)| {
+                let masked = keep.iter().filter(|&&k| !k).count() as i64;
+                masked * (a.p.size()[0] + a.q.size()[1] + 1)
+            })
+            .sum()
+    }
+
+    /// PEFT's `AdaLoraModel.update_and_allocate(global_step)` on `adapters` (the same adapters,
+    /// in the same order, as at construction), after the optimiser step and before the
+    /// gradients are zeroed; `global_step` counts the optimiser steps made before this one (see
+    /// [`AdaLoraAction`]). Returns the record of a masking by scores, `None` otherwise.
+    pub fn update_and_allocate(
+        &mut self,
+        adapters: &mut [&mut SvdAdapter],
+        global_step: u64,
+    ) -> Result<Option<MaskRecord>, AdaLoraError> {
+        if adapters.len() != self.ema.len() {
+            return Err(AdaLoraError::Mismatch(format!(
+                "{} adapters given, the allocator tracks {}",
+                adapters.len(),
+                self.ema.len()
+            )));
+        }
+        match self.budget.action(global_step) {
+            AdaLoraAction::Update { budget, mask } => {
+                self.update_sensitivity(adapters);
+                if !mask {
+                    return Ok(None);
+                }
+                self.mask(adapters, global_step, budget, false).map(Some)
+            }
+            AdaLoraAction::Finalise { budget } => {
+                let record = self.mask(adapters, global_step, budget, true)?;
+                self.finalised = true;
+                // PEFT's `reset_ipt`: the EMAs are never used again.
+                tch::no_grad(|| {
+                    for e in self.ema.iter_mut().flatten() {
+                        let _ = e.ipt.zero_();
+                        let _ = e.unc.zero_();
+                    }
+                });
+                Ok(Some(record))
+            }
+            AdaLoraAction::Reapply => {
+                for (k, (a, keep)) in adapters.iter_mut().zip(&self.pattern).enumerate() {
+                    a.zero_lambdas(keep)
+                        .map_err(|source| AdaLoraError::Adapter { matrix: k, source })?;
+                }
+                Ok(None)
+            }
+        }
+    }
+
+    /// PEFT's `update_ipt`, per entry of every `P`, `λ`, `Q`: `I = |p · ∇p|`,
+    /// `Ī ← β1 Ī + (1 − β1) I`, `Ū ← β2 Ū + (1 − β2) |I − Ī|` (with the new `Ī`), in PEFT's
+    /// operation order. A tensor without a gradient is skipped.
+    fn update_sensitivity(&mut self, adapters: &[&mut SvdAdapter]) {
+        let (b1, b2) = (self.beta1, self.beta2);
+        tch::no_grad(|| {
+            for (a, emas) in adapters.iter().zip(self.ema.iter_mut()) {
+                for ((p, _), e) in a.slotted_parameters().into_iter().zip(emas.iter_mut()) {
+                    let grad = p.grad();
+                    if !grad.defined() {
+                        continue;
+                    }
+                    let ipt = (p * &grad).abs();
+                    e.ipt = &e.ipt * b1 + &ipt * (1.0 - b1);
+                    e.unc = &e.unc * b2 + (&ipt - &e.ipt).abs() * (1.0 - b2);
+                }
+            }
+        });
+    }
+
+    /// Every triplet's score, per matrix (`[r]` tensors), as PEFT's `mask_to_budget` computes
+    /// it: with `s = Ī · Ū` per entry, `S_i = s(λ_i) + (mean_j s(Q_ij) + mean_o s(P_oi))`.
+    pub fn triplet_scores(&self) -> Vec<Tensor> {
+        tch::no_grad(|| {
+            self.ema
+                .iter()
+                .map(|[p, l, q]| {
+                    let s_p = (&p.ipt * &p.unc).mean_dim(Some([0i64].as_slice()), false, None);
+                    let s_q = (&q.ipt * &q.unc).mean_dim(Some([1i64].as_slice()), false, None);
+                    &l.ipt * &l.unc + (s_q + s_p)
+                })
+                .collect()
+        })
+    }
+
+    /// Masks to `budget` by the current scores and records it.
+    fn mask(
+        &mut self,
+        adapters: &mut [&mut SvdAdapter],
+        global_step: u64,
+        budget: usize,
+        final_mask: bool,
+    ) -> Result<MaskRecord, AdaLoraError> {
+        let scores: Vec<Vec<f64>> = self
+            .triplet_scores()
+            .iter()
+            .map(|t| {
+                let v = Vec::<f32>::try_from(&t.to_kind(Kind::Float).to_device(Device::Cpu))
+                    .unwrap_or_default();
+                v.into_iter().map(f64::from).collect()
+            })
+            .collect();
+        let flat: Vec<f64> = scores.iter().flatten().copied().collect();
+        let keep = mask_to_budget(&flat, self.budget.initial, budget);
+        let mut pattern = Vec::with_capacity(adapters.len());
+        let mut offset = 0;
+        for (k, a) in adapters.iter_mut().enumerate() {
+            let n = a.active().len();
+            let kept = keep
+                .get(offset..offset + n)
+                .ok_or_else(|| {
+                    AdaLoraError::Mismatch(format!("matrix {k}: no scores for its {n} slots"))
+                })?
+                .to_vec();
+            a.zero_lambdas(&kept)
+                .map_err(|source| AdaLoraError::Adapter { matrix: k, source })?;
+            pattern.push(kept);
+            offset += n;
+        }
+        self.pattern = pattern;
+        Ok(MaskRecord {
+            step: global_step + 1,
+            global_step,
+            budget,
+            final_mask,
+            scores,
+            ranks: self.ranks(),
+            rank_pattern: self.pattern.clone(),
+        })
+    }
+
+    /// The state to checkpoint (CPU copies): `adalora.<k>.<P|lambda|Q>.exp_avg_ipt` and
+    /// `.exp_avg_unc`, `adalora.<k>.keep` (0/1) per matrix `k`, and `adalora.final` (0/1).
+    pub fn state(&self) -> Vec<(String, Tensor)> {
+        let cpu = |t: &Tensor| t.detach().to_device(Device::Cpu).copy();
+        let mut v = Vec::new();
+        for (k, (emas, keep)) in self.ema.iter().zip(&self.pattern).enumerate() {
+            for (name, e) in TENSORS.iter().zip(emas) {
+                v.push((format!("adalora.{k}.{name}.exp_avg_ipt"), cpu(&e.ipt)));
+                v.push((format!("adalora.{k}.{name}.exp_avg_unc"), cpu(&e.unc)));
+            }
+            let flags: Vec<f32> = keep.iter().map(|&b| f32::from(u8::from(b))).collect();
+            v.push((format!("adalora.{k}.keep"), Tensor::from_slice(&flags)));
+        }
+        v.push((
+            "adalora.final".into(),
+            Tensor::from_slice(&[f32::from(u8::from(self.finalised))]),
+        ));
+        v
+    }
+
+    /// Restores a state written by [`AdaLoraAllocator::state`] for the same adapters; every
+    /// name and shape must match.
+    pub fn load_state(&mut self, state: &HashMap<String, Tensor>) -> Result<(), AdaLoraError> {
+        let want: Vec<(String, Vec<i64>)> = self
+            .state()
+            .into_iter()
+            .map(|(n, t)| (n, t.size()))
+            .collect();
+        for (name, shape) in &want {
+            let got = state.get(name).ok_or_else(|| {
+                AdaLoraError::Mismatch(format!("the checkpoint has no tensor `{name}`"))
+            })?;
+            if &got.size() != shape {
+                return Err(AdaLoraError::Mismatch(format!(
+                    "checkpoint tensor `{name}` has shape {:?}, the allocator needs {shape:?}",
+                    got.size()
+                )));
+            }
+        }
+        let flags = |name: &str| -> Vec<bool> {
+            Vec::<f32>::try_from(&state[name].to_kind(Kind::Float))
+                .unwrap_or_default()
+                .into_iter()
+                .map(|x| x > 0.5)
+                .collect()
+        };
+        tch::no_grad(|| {
+            for (k, emas) in self.ema.iter_mut().enumerate() {
+                for (name, e) in TENSORS.iter().zip(emas.iter_mut()) {
+                    e.ipt
+                        .copy_(&state[&format!("adalora.{k}.{name}.exp_avg_ipt")]);
+                    e.unc
+                        .copy_(&state[&format!("adalora.{k}.{name}.exp_avg_unc")]);
+                }
+            }
+        });
+        for (k, keep) in self.pattern.iter_mut().enumerate() {
+            *keep = flags(&format!("adalora.{k}.keep"));
+        }
+        self.finalised = flags("adalora.final").first().copied().unwrap_or(false);
+        Ok(())
+    }
+}

@@ -1,1 +1,0 @@
-//! Hugging Face PEFT interoperability: export, import and merge (filled in by the PEFT work).

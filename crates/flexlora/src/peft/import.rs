@@ -1,0 +1,1275 @@
+//! PEFT adapters onto a base model (`flexlora import`).
+
+use super::export::adalora_divisor;
+use super::files::{write_dir_atomic, write_json};
+use super::{ADAPTER_CONFIG, ADAPTER_WEIGHTS, KEY_PREFIX, PeftError, model_order};
+use crate::config::{Config, MethodName, ScalePolicy, TaskKind};
+use crate::models::BertModel;
+use crate::train::model::TaskModel;
+use anyhow::Context;
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use tch::{Device, Kind, Tensor};
+
+/// The PEFT adapter types that import.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeftType {
+    /// `peft_type: LORA`.
+    Lora,
+    /// `peft_type: ADALORA`.
+    Adalora,
+}
+
+/// The weights of one adapted module, as PEFT applies them.
+#[derive(Debug)]
+pub enum PeftModuleWeights {
+    /// `ΔW = B A · scaling`, `scaling = α / r` (`α / √r` with `use_rslora`).
+    Lora {
+        /// `lora_A`, `r × in`.
+        a: Tensor,
+        /// `lora_B`, `out × r`.
+        b: Tensor,
+        /// The module's `α` (from `alpha_pattern`, else `lora_alpha`).
+        alpha: f64,
+        /// PEFT's scale of this module.
+        scaling: f64,
+    },
+    /// `ΔW = B (A ⊙ E) · scaling`, `scaling = α / (ranknum + 1e-5)` (`ranknum + 1e-5` in
+    /// float32, `ranknum = init_r` unless the file stores it).
+    Adalora {
+        /// `lora_A`, `r × in`.
+        a: Tensor,
+        /// `lora_E` as a vector, `r`.
+        e: Tensor,
+        /// `lora_B`, `out × r`.
+        b: Tensor,
+        /// The slot (of `init_r`) of each of the `r` rows: the true entries of the module's
+        /// `rank_pattern` mask, or `0..r`.
+        slots: Vec<usize>,
+        /// PEFT's scale of this module.
+        scaling: f64,
+    },
+}
+
+/// One adapted module of a PEFT adapter.
+#[derive(Debug)]
+pub struct PeftModule {
+    /// The module path in [`BertModel`] terms (`encoder.layer.0.attention.self.query`).
+    pub path: String,
+    /// The module's name in the PEFT-wrapped transformers model
+    /// (`bert.encoder.layer.0.attention.self.query` for a sequence classifier).
+    pub hf_name: String,
+    /// Its weights.
+    pub weights: PeftModuleWeights,
+}
+
+impl PeftModule {
+    /// The module's rank (rows of `lora_A`).
+    pub fn rank(&self) -> usize {
+        let a = match &self.weights {
+            PeftModuleWeights::Lora { a, .. } | PeftModuleWeights::Adalora { a, .. } => a,
+        };
+        a.size().first().map_or(0, |&r| r.max(0) as usize)
+    }
+
+    /// `(in_features, out_features)` of the adapted layer, from `lora_A` and `lora_B`.
+    pub fn features(&self) -> (i64, i64) {
+        let (a, b) = match &self.weights {
+            PeftModuleWeights::Lora { a, b, .. } | PeftModuleWeights::Adalora { a, b, .. } => {
+                (a, b)
+            }
+        };
+        (
+            a.size().get(1).copied().unwrap_or(0),
+            b.size().first().copied().unwrap_or(0),
+        )
+    }
+}
+
+/// A PEFT adapter folder, read and checked (see [`read_peft_adapter`]).
+#[derive(Debug)]
+pub struct PeftAdapter {
+    /// The folder.
+    pub dir: PathBuf,
+    /// `LORA` or `ADALORA`.
+    pub peft_type: PeftType,
+    /// `base_model_name_or_path`, if set.
+    pub base_model_name_or_path: Option<String>,
+    /// Adapted modules, in model order.
+    pub modules: Vec<PeftModule>,
+    /// AdaLoRA's `init_r` (the slots every module's rows are placed in).
+    pub init_r: Option<usize>,
+    /// `classifier.weight` and `.bias` from `modules_to_save`.
+    pub classifier: Option<(Tensor, Tensor)>,
+    /// `bert.pooler.dense.weight` and `.bias` from `modules_to_save`.
+    pub pooler: Option<(Tensor, Tensor)>,
+    /// `lora_dropout` (used when training continues).
+    pub dropout: f64,
+}
+
+/// A PEFT adapter loaded onto its base model.
+#[derive(Debug)]
+pub struct ImportedModel {
+    /// The run config the model is built from (`method`, `model.path` and
+    /// `model.target_modules` set from the adapter; everything else from the template).
+    pub config: Config,
+    /// The classifier with the adapter's weights.
+    pub model: TaskModel,
+    /// `LORA` or `ADALORA`.
+    pub peft_type: PeftType,
+    /// `(module path, rank)` of every adapted module, in model order.
+    pub ranks: Vec<(String, usize)>,
+}
+
+fn config_error(path: &Path, field: &str, message: impl Into<String>) -> PeftError {
+    PeftError::Config {
+        path: path.to_path_buf(),
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+fn tensor_error(path: &Path, name: &str, message: impl Into<String>) -> PeftError {
+    PeftError::Tensor {
+        path: path.to_path_buf(),
+        name: name.into(),
+        message: message.into(),
+    }
+}
+
+/// Whether a config value is a default "nothing" (`null`, `false`, `{}`, `[]`, `""`).
+fn is_empty(v: &Value) -> bool {
+    match v {
+        Value::Null => true,
+        Value::Bool(b) => !b,
+        Value::Object(m) => m.is_empty(),
+        Value::Array(a) => a.is_empty(),
+        Value::String(s) => s.is_empty(),
+        Value::Number(_) => false,
+    }
+}
+
+/// Fields that do not change what a loaded adapter computes (or that are read below).
+const KNOWN_FIELDS: &[&str] = &[
+    "task_type",
+    "peft_type",
+    "auto_mapping",
+    "peft_version",
+    "base_model_name_or_path",
+    "revision",
+    "inference_mode",
+    "target_modules",
+    "exclude_modules",
+    "layers_to_transform",
+    "layers_pattern",
+    "r",
+    "lora_alpha",
+    "lora_dropout",
+    "rank_pattern",
+    "alpha_pattern",
+    "use_rslora",
+    "modules_to_save",
+    "fan_in_fan_out",
+    "init_lora_weights",
+    "bias",
+    "megatron_core",
+    "qalora_group_size",
+    // AdaLoRA's training schedule.
+    "target_r",
+    "init_r",
+    "tinit",
+    "tfinal",
+    "deltaT",
+    "beta1",
+    "beta2",
+    "orth_reg_weight",
+    "total_step",
+];
+
+/// Fields that must be off (`null`, `false`, `{}`), with what they would need.
+const UNSUPPORTED_FIELDS: &[(&str, &str)] = &[
+    (
+        "use_dora",
+        "DoRA (weight-decomposed LoRA) is not implemented",
+    ),
+    ("lora_bias", "a trained bias on lora_B is not implemented"),
+    ("use_qalora", "QA-LoRA is not implemented"),
+    (
+        "megatron_config",
+        "Megatron parallel layers are not implemented",
+    ),
+    (
+        "trainable_token_indices",
+        "trainable token embeddings are not implemented",
+    ),
+    (
+        "loftq_config",
+        "LoftQ (a quantised, rewritten base model) is not implemented",
+    ),
+    ("eva_config", "EVA initialisation is not implemented"),
+    ("corda_config", "CorDA initialisation is not implemented"),
+    (
+        "lora_ga_config",
+        "LoRA-GA initialisation is not implemented",
+    ),
+    ("velora_config", "VeLoRA is not implemented"),
+    ("monteclora_config", "MonteCLoRA is not implemented"),
+    ("arrow_config", "Arrow routing is not implemented"),
+    ("kasa_config", "KaSA is not implemented"),
+    ("use_bdlora", "BD-LoRA is not implemented"),
+    (
+        "alora_invocation_tokens",
+        "activated LoRA (aLoRA) is not implemented",
+    ),
+    ("layer_replication", "layer replication is not implemented"),
+    (
+        "target_parameters",
+        "adapters on parameters (target_parameters) are not implemented",
+    ),
+    (
+        "ensure_weight_tying",
+        "adapters on tied weights are not implemented",
+    ),
+];
+
+fn warn(path: &Path, message: &str) {
+    eprintln!("warning: {}: {message}", path.display());
+}
+
+/// Checks every field of `adapter_config.json`: used, known to be harmless, or rejected by
+/// name.
+fn check_fields(path: &Path, c: &Map<String, Value>, ty: PeftType) -> Result<(), PeftError> {
+    for (field, why) in UNSUPPORTED_FIELDS {
+        if let Some(v) = c.get(*field) {
+            if !is_empty(v) {
+                return Err(config_error(path, field, format!("= {v}: {why}")));
+            }
+        }
+    }
+    for (field, v) in c {
+        let known = KNOWN_FIELDS.contains(&field.as_str())
+            || UNSUPPORTED_FIELDS.iter().any(|(f, _)| f == field);
+        if !known && !is_empty(v) {
+            return Err(config_error(
+                path,
+                field,
+                format!(
+                    "= {v}: not a LoRA / AdaLoRA field this importer knows (PEFT 0.21.2); \
+                     refusing to ignore it"
+                ),
+            ));
+        }
+    }
+    match c.get("task_type") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(s)) if s == "SEQ_CLS" => {}
+        Some(v) => {
+            return Err(config_error(
+                path,
+                "task_type",
+                format!(
+                    "= {v}: only sequence-classification adapters (\"SEQ_CLS\") on BERT encoders \
+                     import"
+                ),
+            ));
+        }
+    }
+    match c.get("bias") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(s)) if s == "none" => {}
+        Some(v) => {
+            return Err(config_error(
+                path,
+                "bias",
+                format!(
+                    "= {v}: trained biases of the base layers are not implemented (only \"none\")"
+                ),
+            ));
+        }
+    }
+    match c.get("init_lora_weights") {
+        None | Some(Value::Null) | Some(Value::Bool(_)) => {}
+        Some(Value::String(s)) if s == "gaussian" => {}
+        Some(v) => {
+            return Err(config_error(
+                path,
+                "init_lora_weights",
+                format!(
+                    "= {v}: only true, false and \"gaussian\" are implemented (other \
+                     initialisations such as PiSSA or OLoRA change the base weights when PEFT \
+                     loads the adapter)"
+                ),
+            ));
+        }
+    }
+    if let Some(v) = c.get("modules_to_save") {
+        let names: Vec<&str> = match v {
+            Value::Null => Vec::new(),
+            Value::Array(a) => a.iter().filter_map(Value::as_str).collect(),
+            _ => {
+                return Err(config_error(
+                    path,
+                    "modules_to_save",
+                    format!("= {v}: expected a list of module names"),
+                ));
+            }
+        };
+        for name in names {
+            if !["classifier", "score", "pooler", "bert.pooler"].contains(&name) {
+                return Err(config_error(
+                    path,
+                    "modules_to_save",
+                    format!(
+                        "entry {name:?}: only the classifier and the pooler can be trained \
+                         alongside an adapter here"
+                    ),
+                ));
+            }
+        }
+    }
+    if c.get("fan_in_fan_out") == Some(&Value::Bool(true)) {
+        warn(
+            path,
+            "fan_in_fan_out = true; BERT's layers are torch.nn.Linear, for which PEFT sets it to \
+             false when it loads the adapter, and so does this import",
+        );
+    }
+    if ty == PeftType::Adalora {
+        if c.get("use_rslora") == Some(&Value::Bool(true)) {
+            warn(
+                path,
+                "use_rslora = true, which PEFT's AdaLoRA ignores; so does this import",
+            );
+        }
+        if c.get("alpha_pattern").is_some_and(|v| !is_empty(v)) {
+            warn(
+                path,
+                "alpha_pattern is set, which PEFT's AdaLoRA ignores (every module uses \
+                 lora_alpha); so does this import",
+            );
+        }
+    }
+    Ok(())
+}
+
+/// A JSON object with its keys in file order (PEFT takes the first matching pattern key).
+#[derive(Debug, Default)]
+struct Ordered(Vec<(String, Value)>);
+
+impl<'de> Deserialize<'de> for Ordered {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Ordered;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut m: A,
+            ) -> Result<Ordered, A::Error> {
+                let mut v = Vec::new();
+                while let Some(entry) = m.next_entry::<String, Value>()? {
+                    v.push(entry);
+                }
+                Ok(Ordered(v))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+#[derive(Deserialize)]
+struct Patterns {
+    #[serde(default)]
+    rank_pattern: Option<Ordered>,
+    #[serde(default)]
+    alpha_pattern: Option<Ordered>,
+}
+
+/// PEFT's `get_pattern_key`: the first key `k` (in file order) with
+/// `re.match(rf"(.*\.)?({k})$", name)`.
+fn pattern_value<'a>(
+    path: &Path,
+    field: &str,
+    pattern: &'a [(String, Value)],
+    name: &str,
+) -> Result<Option<&'a Value>, PeftError> {
+    for (key, value) in pattern {
+        let re = regex::Regex::new(&format!(r"^(?:.*\.)?(?:{key})$")).map_err(|e| {
+            config_error(
+                path,
+                field,
+                format!("key {key:?} is not a regex PEFT can use: {e}"),
+            )
+        })?;
+        if re.is_match(name) {
+            return Ok(Some(value));
+        }
+    }
+    Ok(None)
+}
+
+fn number(
+    path: &Path,
+    c: &Map<String, Value>,
+    field: &str,
+    default: f64,
+) -> Result<f64, PeftError> {
+    match c.get(field) {
+        None | Some(Value::Null) => Ok(default),
+        Some(v) => v
+            .as_f64()
+            .filter(|x| x.is_finite())
+            .ok_or_else(|| config_error(path, field, format!("= {v}: expected a number"))),
+    }
+}
+
+fn count(
+    path: &Path,
+    c: &Map<String, Value>,
+    field: &str,
+    default: usize,
+) -> Result<usize, PeftError> {
+    match c.get(field) {
+        None | Some(Value::Null) => Ok(default),
+        Some(v) => v.as_u64().map(|x| x as usize).ok_or_else(|| {
+            config_error(path, field, format!("= {v}: expected a whole number >= 0"))
+        }),
+    }
+}
+
+fn float_tensor(file: &Path, name: &str, t: Tensor) -> Result<Tensor, PeftError> {
+    match t.kind() {
+        Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16 => Ok(t.to_kind(Kind::Float)),
+        k => Err(tensor_error(
+            file,
+            name,
+            format!("has type {k:?}; expected a floating-point tensor"),
+        )),
+    }
+}
+
+/// The tensors of one module, by role.
+#[derive(Default)]
+struct ModuleTensors {
+    hf_name: String,
+    path: String,
+    parts: HashMap<&'static str, (String, Tensor)>,
+}
+
+/// What `adapter_config.json` says about the tensors, and where errors point.
+struct Header {
+    cfg_path: PathBuf,
+    file: PathBuf,
+    rank_pattern: Vec<(String, Value)>,
+    alpha_pattern: Vec<(String, Value)>,
+    r: usize,
+    lora_alpha: f64,
+    rslora: bool,
+    init_r: usize,
+}
+
+/// AdaLoRA's `rank_pattern`: `<module name>.lora_E` (possibly with the adapter name) -> the
+/// mask of kept slots, for modules that have tensors.
+fn adalora_masks(
+    h: &Header,
+    modules: &BTreeMap<(usize, usize, String), ModuleTensors>,
+) -> Result<HashMap<String, Vec<bool>>, PeftError> {
+    let cfg = |message: String| config_error(&h.cfg_path, "rank_pattern", message);
+    let mut masks = HashMap::new();
+    for (key, v) in &h.rank_pattern {
+        let module = key
+            .strip_suffix(".lora_E.default")
+            .or_else(|| key.strip_suffix(".lora_E"))
+            .ok_or_else(|| cfg(format!("key {key:?}: expected `<module name>.lora_E`")))?;
+        let mask: Vec<bool> = v
+            .as_array()
+            .and_then(|a| a.iter().map(Value::as_bool).collect::<Option<Vec<bool>>>())
+            .ok_or_else(|| {
+                cfg(format!(
+                    "{key:?} = {v}: expected a list of true/false, one per slot"
+                ))
+            })?;
+        if mask.len() != h.init_r {
+            return Err(cfg(format!(
+                "{key:?} has {} entries, but init_r = {}",
+                mask.len(),
+                h.init_r
+            )));
+        }
+        if !modules.values().any(|m| m.hf_name == module) {
+            return Err(cfg(format!(
+                "{key:?} names a module that has no tensors in {ADAPTER_WEIGHTS}"
+            )));
+        }
+        masks.insert(module.to_string(), mask);
+    }
+    Ok(masks)
+}
+
+/// A LoRA module's weights and scale (`r` and `α` from the patterns, PEFT's
+/// `get_pattern_key`).
+fn lora_module(
+    h: &Header,
+    m: &ModuleTensors,
+    (a_name, a): &(String, Tensor),
+    b: &Tensor,
+) -> Result<PeftModuleWeights, PeftError> {
+    let rank = a.size()[0] as usize;
+    let r_m = match pattern_value(&h.cfg_path, "rank_pattern", &h.rank_pattern, &m.hf_name)? {
+        None => h.r,
+        Some(v) => v.as_u64().map(|x| x as usize).ok_or_else(|| {
+            config_error(
+                &h.cfg_path,
+                "rank_pattern",
+                format!("value for {} is {v}, not a whole number", m.hf_name),
+            )
+        })?,
+    };
+    if r_m != rank {
+        return Err(tensor_error(
+            &h.file,
+            a_name,
+            format!(
+                "has {rank} rows, but the config gives module {} rank {r_m} (r / rank_pattern)",
+                m.hf_name
+            ),
+        ));
+    }
+    let alpha = match pattern_value(&h.cfg_path, "alpha_pattern", &h.alpha_pattern, &m.hf_name)? {
+        None => h.lora_alpha,
+        Some(v) => v.as_f64().ok_or_else(|| {
+            config_error(
+                &h.cfg_path,
+                "alpha_pattern",
+                format!("value for {} is {v}, not a number", m.hf_name),
+            )
+        })?,
+    };
+    let scaling = if h.rslora {
+        alpha / (rank as f64).sqrt()
+    } else {
+        alpha / rank as f64
+    };
+    if !(scaling.is_finite() && scaling > 0.0) {
+        return Err(config_error(
+            &h.cfg_path,
+            "lora_alpha",
+            format!(
+                "gives module {} alpha {alpha} at rank {rank}: a scale of {scaling} (only a \
+                 finite scale > 0 imports)",
+                m.hf_name
+            ),
+        ));
+    }
+    Ok(PeftModuleWeights::Lora {
+        a: a.shallow_clone(),
+        b: b.shallow_clone(),
+        alpha,
+        scaling,
+    })
+}
+
+/// An AdaLoRA module's weights, slots and scale (`α / (ranknum + 1e-5)`, `ranknum` in float32).
+fn adalora_module(
+    h: &Header,
+    m: &ModuleTensors,
+    masks: &HashMap<String, Vec<bool>>,
+    (a_name, a): &(String, Tensor),
+    b: &Tensor,
+    (e_name, e): &(String, Tensor),
+) -> Result<PeftModuleWeights, PeftError> {
+    let rank = a.size()[0] as usize;
+    let se = e.size();
+    let e_ok = (se.len() == 2 && se[1] == 1 && se[0] == rank as i64)
+        || (se.len() == 1 && se[0] == rank as i64);
+    if !e_ok {
+        return Err(tensor_error(
+            &h.file,
+            e_name,
+            format!("has shape {se:?}; expected [{rank}, 1] like lora_A's rows"),
+        ));
+    }
+    let mask = masks.get(&m.hf_name);
+    let slots: Vec<usize> = match mask {
+        Some(mask) => (0..h.init_r).filter(|&i| mask[i]).collect(),
+        None => (0..rank).collect(),
+    };
+    let expected = if mask.is_some() {
+        slots.len()
+    } else {
+        h.init_r
+    };
+    if rank != expected {
+        return Err(tensor_error(
+            &h.file,
+            a_name,
+            format!(
+                "has {rank} rows, but module {} has rank {expected} ({})",
+                m.hf_name,
+                if mask.is_some() {
+                    "the true entries of its rank_pattern mask"
+                } else {
+                    "init_r, as it has no rank_pattern entry"
+                }
+            ),
+        ));
+    }
+    // PEFT keeps `ranknum` at init_r through the resize and (0.21) does not save it; a file
+    // from an older PEFT may store it.
+    let ranknum = match m.parts.get("ranknum") {
+        Some((_, t)) if t.numel() == 1 => t.view([-1]).double_value(&[0]) as f32,
+        Some((n, t)) => {
+            return Err(tensor_error(
+                &h.file,
+                n,
+                format!("has shape {:?}; expected one number", t.size()),
+            ));
+        }
+        None => h.init_r as f32,
+    };
+    // PEFT: `lora_alpha if lora_alpha > 0 else float(r)`, r of the (resized) layer.
+    let numerator = if h.lora_alpha > 0.0 {
+        h.lora_alpha
+    } else if mask.is_some() {
+        rank as f64
+    } else {
+        h.init_r as f64
+    };
+    let scaling = numerator / adalora_divisor(ranknum);
+    if !(scaling.is_finite() && scaling > 0.0) {
+        return Err(config_error(
+            &h.cfg_path,
+            "lora_alpha",
+            format!("gives module {} a scale of {scaling}", m.hf_name),
+        ));
+    }
+    Ok(PeftModuleWeights::Adalora {
+        a: a.shallow_clone(),
+        e: e.view([-1]),
+        b: b.shallow_clone(),
+        slots,
+        scaling,
+    })
+}
+
+/// Reads a PEFT `LORA` or `ADALORA` adapter folder and checks it on its own (config fields,
+/// tensor names, pairs and shapes); [`import_peft`] then checks it against a base model.
+pub fn read_peft_adapter(dir: &Path) -> anyhow::Result<PeftAdapter> {
+    let cfg_path = dir.join(ADAPTER_CONFIG);
+    let text = std::fs::read_to_string(&cfg_path).with_context(|| {
+        format!(
+            "cannot read {} (is {} a PEFT adapter folder?)",
+            cfg_path.display(),
+            dir.display()
+        )
+    })?;
+    let c: Map<String, Value> = serde_json::from_str(&text).map_err(|e| {
+        config_error(
+            &cfg_path,
+            "(top level)",
+            format!("is not a JSON object: {e}"),
+        )
+    })?;
+    let ty = match c.get("peft_type") {
+        Some(Value::String(s)) if s == "LORA" => PeftType::Lora,
+        Some(Value::String(s)) if s == "ADALORA" => PeftType::Adalora,
+        Some(Value::String(s)) => {
+            return Err(PeftError::UnsupportedType {
+                path: cfg_path,
+                peft_type: s.clone(),
+            }
+            .into());
+        }
+        Some(v) => {
+            return Err(
+                config_error(&cfg_path, "peft_type", format!("= {v}: expected a string")).into(),
+            );
+        }
+        None => return Err(config_error(&cfg_path, "peft_type", "is missing").into()),
+    };
+    check_fields(&cfg_path, &c, ty)?;
+    let patterns: Patterns = serde_json::from_str(&text).map_err(|e| {
+        config_error(
+            &cfg_path,
+            "rank_pattern",
+            format!("(or `alpha_pattern`) is not an object: {e}"),
+        )
+    })?;
+    let rank_pattern = patterns.rank_pattern.unwrap_or_default().0;
+    let alpha_pattern = patterns.alpha_pattern.unwrap_or_default().0;
+    let r = count(&cfg_path, &c, "r", 8)?;
+    let lora_alpha = number(&cfg_path, &c, "lora_alpha", 8.0)?;
+    let dropout = number(&cfg_path, &c, "lora_dropout", 0.0)?;
+    let rslora = c.get("use_rslora") == Some(&Value::Bool(true));
+    let init_r = count(&cfg_path, &c, "init_r", 12)?;
+
+    let file = dir.join(ADAPTER_WEIGHTS);
+    if !file.exists() && dir.join("adapter_model.bin").exists() {
+        return Err(tensor_error(
+            &file,
+            "(file)",
+            "missing; only adapter_model.bin (a pickle) is there, which is not read: save the \
+             adapter with safe_serialization=True",
+        )
+        .into());
+    }
+    let tensors =
+        Tensor::read_safetensors(&file).with_context(|| format!("reading {}", file.display()))?;
+
+    let mut modules: BTreeMap<(usize, usize, String), ModuleTensors> = BTreeMap::new();
+    let mut head: HashMap<&'static str, Tensor> = HashMap::new();
+    let (roles, hint): (&[(&str, &'static str)], &str) = match ty {
+        PeftType::Lora => (
+            &[(".lora_A.weight", "lora_A"), (".lora_B.weight", "lora_B")],
+            "a LoRA file holds <module>.lora_A.weight and .lora_B.weight",
+        ),
+        PeftType::Adalora => (
+            &[
+                (".lora_A", "lora_A"),
+                (".lora_E", "lora_E"),
+                (".lora_B", "lora_B"),
+                (".ranknum", "ranknum"),
+            ],
+            "an AdaLoRA file holds <module>.lora_A, .lora_E and .lora_B",
+        ),
+    };
+    for (name, t) in tensors {
+        let Some(key) = name.strip_prefix(KEY_PREFIX) else {
+            return Err(tensor_error(
+                &file,
+                &name,
+                format!("does not start with `{KEY_PREFIX}` (not a PEFT adapter file?)"),
+            )
+            .into());
+        };
+        let t = float_tensor(&file, &name, t)?;
+        let short = key.strip_prefix("bert.").unwrap_or(key);
+        let head_role = match short {
+            "classifier.weight" => Some("classifier.weight"),
+            "classifier.bias" => Some("classifier.bias"),
+            "pooler.dense.weight" => Some("pooler.weight"),
+            "pooler.dense.bias" => Some("pooler.bias"),
+            _ => None,
+        };
+        if let Some(role) = head_role {
+            head.insert(role, t);
+            continue;
+        }
+        let Some((suffix, role)) = roles.iter().find(|(s, _)| key.ends_with(s)) else {
+            let what = if key.contains("lora_magnitude_vector") {
+                "DoRA's magnitude vector: DoRA is not implemented".to_string()
+            } else if key.contains("lora_embedding_") {
+                "an adapter on an embedding layer, which is not implemented".to_string()
+            } else if key.ends_with(".lora_B.bias") {
+                "a lora_B bias (lora_bias = true), which is not implemented".to_string()
+            } else {
+                format!(
+                    "not a tensor this importer knows ({hint}; modules_to_save may hold the \
+                     classifier and the pooler)"
+                )
+            };
+            return Err(tensor_error(&file, &name, what).into());
+        };
+        let hf_name = &key[..key.len() - suffix.len()];
+        let path = hf_name.strip_prefix("bert.").unwrap_or(hf_name);
+        let entry = modules
+            .entry(model_order(path))
+            .or_insert_with(|| ModuleTensors {
+                hf_name: hf_name.to_string(),
+                path: path.to_string(),
+                ..Default::default()
+            });
+        entry.parts.insert(*role, (name.clone(), t));
+    }
+    if modules.is_empty() {
+        return Err(tensor_error(&file, "(all)", format!("no adapter tensors ({hint})")).into());
+    }
+
+    let h = Header {
+        cfg_path,
+        file,
+        rank_pattern,
+        alpha_pattern,
+        r,
+        lora_alpha,
+        rslora,
+        init_r,
+    };
+    let masks = match ty {
+        PeftType::Adalora => adalora_masks(&h, &modules)?,
+        PeftType::Lora => HashMap::new(),
+    };
+    let mut out = Vec::with_capacity(modules.len());
+    for (_, m) in modules {
+        let get = |role: &'static str| -> Result<&(String, Tensor), PeftError> {
+            m.parts.get(role).ok_or_else(|| {
+                let suffix = match ty {
+                    PeftType::Lora => format!(".{role}.weight"),
+                    PeftType::Adalora => format!(".{role}"),
+                };
+                tensor_error(
+                    &h.file,
+                    &format!("{KEY_PREFIX}{}{suffix}", m.hf_name),
+                    format!("missing (module {} has an incomplete adapter)", m.hf_name),
+                )
+            })
+        };
+        let a = get("lora_A")?;
+        let (b_name, b) = get("lora_B")?;
+        let (sa, sb) = (a.1.size(), b.size());
+        if sa.len() != 2 || sb.len() != 2 || sa[0] != sb[1] {
+            return Err(tensor_error(
+                &h.file,
+                &a.0,
+                format!(
+                    "has shape {sa:?} and `{b_name}` {sb:?}: expected [r, in] and [out, r] with \
+                     the same r"
+                ),
+            )
+            .into());
+        }
+        let weights = match ty {
+            PeftType::Lora => lora_module(&h, &m, a, b)?,
+            PeftType::Adalora => adalora_module(&h, &m, &masks, a, b, get("lora_E")?)?,
+        };
+        out.push(PeftModule {
+            path: m.path,
+            hf_name: m.hf_name,
+            weights,
+        });
+    }
+
+    let mut pair = |w: &'static str,
+                    b: &'static str,
+                    module: &str|
+     -> Result<Option<(Tensor, Tensor)>, PeftError> {
+        match (head.remove(w), head.remove(b)) {
+            (Some(w), Some(b)) => Ok(Some((w, b))),
+            (None, None) => Ok(None),
+            (Some(_), None) => Err(tensor_error(
+                &h.file,
+                &format!("{KEY_PREFIX}{module}.bias"),
+                "missing (the weight is there)",
+            )),
+            (None, Some(_)) => Err(tensor_error(
+                &h.file,
+                &format!("{KEY_PREFIX}{module}.weight"),
+                "missing (the bias is there)",
+            )),
+        }
+    };
+    let classifier = pair("classifier.weight", "classifier.bias", "classifier")?;
+    let pooler = pair("pooler.weight", "pooler.bias", "bert.pooler.dense")?;
+    Ok(PeftAdapter {
+        dir: dir.to_path_buf(),
+        peft_type: ty,
+        base_model_name_or_path: c
+            .get("base_model_name_or_path")
+            .and_then(Value::as_str)
+            .map(String::from),
+        modules: out,
+        init_r: (ty == PeftType::Adalora).then_some(init_r),
+        classifier,
+        pooler,
+        dropout,
+    })
+}
+
+/// The base model folder: `base` when given, else the adapter's `base_model_name_or_path`
+/// when that is a local folder.
+fn resolve_base(adapter: &PeftAdapter, base: Option<&Path>) -> anyhow::Result<PathBuf> {
+    if let Some(b) = base {
+        return Ok(b.to_path_buf());
+    }
+    match &adapter.base_model_name_or_path {
+        Some(name) if Path::new(name).join("config.json").exists() => Ok(PathBuf::from(name)),
+        Some(name) => anyhow::bail!(
+            "{}: base_model_name_or_path {name:?} is not a local model folder; give the base \
+             model with --model",
+            adapter.dir.join(ADAPTER_CONFIG).display()
+        ),
+        None => anyhow::bail!(
+            "{}: no base_model_name_or_path; give the base model with --model",
+            adapter.dir.join(ADAPTER_CONFIG).display()
+        ),
+    }
+}
+
+/// The shape of a tensor in a safetensors file, if present.
+fn tensor_shape(file: &Path, name: &str) -> anyhow::Result<Option<Vec<i64>>> {
+    let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes)
+        .with_context(|| format!("{}: not a valid safetensors file", file.display()))?;
+    Ok(st
+        .tensor(name)
+        .ok()
+        .map(|v| v.shape().iter().map(|&d| d as i64).collect()))
+}
+
+/// What a [`TaskModel`] holding an imported adapter is built from.
+struct RunParts {
+    config: Config,
+    state: Vec<(String, Tensor)>,
+    num_labels: usize,
+}
+
+/// The run config and the [`TaskModel::state`] tensors that hold `adapter` on the base model
+/// `base` (checked against it).
+fn run_state(adapter: &PeftAdapter, base: &Path, template: &Config) -> anyhow::Result<RunParts> {
+    let mismatch = |message: String| PeftError::BaseMismatch {
+        adapter: adapter.dir.clone(),
+        base: base.to_path_buf(),
+        message,
+    };
+    let (bert, weights) = BertModel::from_folder(base, Device::Cpu)?;
+    let paths = bert.linear_paths();
+    let features: HashMap<&str, (i64, i64)> = paths
+        .iter()
+        .map(String::as_str)
+        .zip(bert.linears().iter().map(|l| l.features()))
+        .collect();
+    for m in &adapter.modules {
+        let Some(&(in_f, out_f)) = features.get(m.path.as_str()) else {
+            let examples: Vec<&str> = paths.iter().take(6).map(String::as_str).collect();
+            return Err(mismatch(format!(
+                "module `{}` is not an adaptable linear layer of the base model ({} layers; its \
+                 modules look like {})",
+                m.hf_name,
+                bert.layers.len(),
+                examples.join(", ")
+            ))
+            .into());
+        };
+        let (a_in, b_out) = m.features();
+        if (a_in, b_out) != (in_f, out_f) {
+            return Err(mismatch(format!(
+                "module `{}`: lora_A {:?} and lora_B {:?} are for a {a_in} -> {b_out} layer, but \
+                 the base layer is {in_f} -> {out_f} (in -> out)",
+                m.hf_name,
+                [m.rank() as i64, a_in],
+                [b_out, m.rank() as i64],
+            ))
+            .into());
+        }
+    }
+    let h = bert.config.hidden_size;
+    let base_pooler = weights.contains("pooler.dense.weight");
+    let (cw, cb) = match &adapter.classifier {
+        Some((w, b)) => (w.shallow_clone(), b.shallow_clone()),
+        None if weights.contains("classifier.weight") => {
+            let shape = tensor_shape(weights.path(), "classifier.weight")?
+                .or(tensor_shape(weights.path(), "bert.classifier.weight")?)
+                .unwrap_or_default();
+            let n = shape.first().copied().unwrap_or(0);
+            (
+                weights.tensor("classifier.weight", &[n, h], Kind::Float, Device::Cpu)?,
+                weights.tensor("classifier.bias", &[n], Kind::Float, Device::Cpu)?,
+            )
+        }
+        None => {
+            return Err(mismatch(
+                "the adapter has no trained classifier (modules_to_save) and the base model has \
+                 none: there is no head to evaluate with"
+                    .into(),
+            )
+            .into());
+        }
+    };
+    let n = cw.size().first().copied().unwrap_or(0);
+    if cw.size() != [n, h] || cb.size() != [n] || n < 1 {
+        return Err(mismatch(format!(
+            "the classifier is {:?} with bias {:?}; the base model's hidden size is {h}",
+            cw.size(),
+            cb.size()
+        ))
+        .into());
+    }
+    match (&adapter.pooler, base_pooler) {
+        (Some(_), true) => {
+            return Err(mismatch(
+                "the adapter trained the pooler (modules_to_save), but the base model has its \
+                 own, which flexlora keeps frozen; a trained pooler over a pretrained one is not \
+                 supported"
+                    .into(),
+            )
+            .into());
+        }
+        (None, false) => {
+            return Err(mismatch(
+                "the base model has no pooler and the adapter does not carry one \
+                 (modules_to_save): the classifier's input would be random"
+                    .into(),
+            )
+            .into());
+        }
+        (Some((w, b)), false) if w.size() != [h, h] || b.size() != [h] => {
+            return Err(mismatch(format!(
+                "the pooler is {:?} with bias {:?}; the base model's hidden size is {h}",
+                w.size(),
+                b.size()
+            ))
+            .into());
+        }
+        _ => {}
+    }
+    drop(bert);
+
+    let mut config = template.clone();
+    config.model.path = base.to_path_buf();
+    config.model.target_modules = adapter.modules.iter().map(|m| m.path.clone()).collect();
+    config.method.dropout = adapter.dropout;
+    config.method.scale = ScalePolicy::InitRank;
+    let mut state: Vec<(String, Tensor)> = Vec::new();
+    let first_rank = adapter.modules.first().map(PeftModule::rank).unwrap_or(0);
+    // One rank and one scale over all LoRA modules: `(α, scaling)` of the first.
+    let uniform_lora = match adapter.modules.first().map(|m| &m.weights) {
+        Some(PeftModuleWeights::Lora { alpha, scaling, .. }) => {
+            let same = adapter.modules.iter().all(|m| {
+                m.rank() == first_rank
+                    && matches!(&m.weights, PeftModuleWeights::Lora { scaling: s, .. } if s == scaling)
+            });
+            same.then_some((*alpha, *scaling))
+        }
+        _ => None,
+    };
+    if let Some((alpha, scaling)) = uniform_lora {
+        // A `lora` run, A and B unchanged.
+        config.method.name = MethodName::Lora;
+        config.method.r_init = first_rank;
+        config.method.r_max = config.method.r_max.max(first_rank);
+        // α / r reproduces PEFT's scale exactly unless use_rslora (then α / √r).
+        config.method.alpha = if alpha / first_rank as f64 == scaling {
+            alpha
+        } else {
+            scaling * first_rank as f64
+        };
+        for m in &adapter.modules {
+            if let PeftModuleWeights::Lora { a, b, .. } = &m.weights {
+                state.push((format!("adapters.{}.lora_A", m.path), a.shallow_clone()));
+                state.push((format!("adapters.{}.lora_B", m.path), b.shallow_clone()));
+            }
+        }
+    } else {
+        // SVD form (method flexlora): P = lora_B, Q = lora_A in their slots, λ = lora_E
+        // (AdaLoRA) or PEFT's scale (LoRA, so every module keeps its own rank and scale).
+        let (slots_total, s) = match adapter.init_r {
+            Some(init_r) => {
+                let s0 = match &adapter.modules[0].weights {
+                    PeftModuleWeights::Adalora { scaling, .. } => *scaling,
+                    PeftModuleWeights::Lora { .. } => 1.0,
+                };
+                (init_r, s0)
+            }
+            None => {
+                let r_max = adapter
+                    .modules
+                    .iter()
+                    .map(PeftModule::rank)
+                    .max()
+                    .unwrap_or(1);
+                (r_max, 1.0)
+            }
+        };
+        let slots_total = slots_total.max(1);
+        config.method.name = MethodName::Flexlora;
+        config.method.r_init = slots_total;
+        config.method.r_max = slots_total;
+        config.method.alpha = s * slots_total as f64;
+        // The scale the model will use: α / r_init (one rounding away from `s`).
+        let s_model = config.method.alpha / slots_total as f64;
+        let opts = (Kind::Float, Device::Cpu);
+        for m in &adapter.modules {
+            let (in_f, out_f) = m.features();
+            let (a, b, lam, slots) = match &m.weights {
+                PeftModuleWeights::Lora { a, b, scaling, .. } => {
+                    let r = m.rank() as i64;
+                    let lam = Tensor::full([r], *scaling / s_model, opts);
+                    (a, b, lam, (0..m.rank()).collect::<Vec<_>>())
+                }
+                PeftModuleWeights::Adalora {
+                    a,
+                    e,
+                    b,
+                    slots,
+                    scaling,
+                } => {
+                    let ratio = *scaling / s;
+                    let lam = if ratio == 1.0 {
+                        e.shallow_clone()
+                    } else {
+                        (e.to_kind(Kind::Double) * ratio).to_kind(Kind::Float)
+                    };
+                    (a, b, lam, slots.clone())
+                }
+            };
+            let idx: Vec<i64> = slots.iter().map(|&i| i as i64).collect();
+            let idx = Tensor::from_slice(&idx);
+            let n = slots_total as i64;
+            let p = Tensor::zeros([out_f, n], opts).index_copy(1, &idx, b);
+            let q = Tensor::zeros([n, in_f], opts).index_copy(0, &idx, a);
+            let lambda = Tensor::zeros([n], opts).index_copy(0, &idx, &lam);
+            let mut active = vec![0f32; slots_total];
+            for &i in &slots {
+                active[i] = 1.0;
+            }
+            state.push((format!("adapters.{}.P", m.path), p));
+            state.push((format!("adapters.{}.lambda", m.path), lambda));
+            state.push((format!("adapters.{}.Q", m.path), q));
+            state.push((
+                format!("adapters.{}.active", m.path),
+                Tensor::from_slice(&active),
+            ));
+        }
+    }
+    state.push(("head.classifier.weight".into(), cw));
+    state.push(("head.classifier.bias".into(), cb));
+    if let Some((w, b)) = &adapter.pooler {
+        state.push(("head.pooler.weight".into(), w.shallow_clone()));
+        state.push(("head.pooler.bias".into(), b.shallow_clone()));
+    }
+    config
+        .validate("the imported adapter's config")
+        .context("building the run config of the imported adapter")?;
+    Ok(RunParts {
+        config,
+        state,
+        num_labels: n as usize,
+    })
+}
+
+fn build_model(
+    adapter: PeftAdapter,
+    parts: RunParts,
+    device: Device,
+) -> anyhow::Result<ImportedModel> {
+    let RunParts {
+        config,
+        state,
+        num_labels,
+    } = parts;
+    let task = if num_labels == 1 {
+        TaskKind::Regression
+    } else {
+        TaskKind::Classification
+    };
+    let mut model = TaskModel::build(&config, num_labels, task, device)?;
+    let state: HashMap<String, Tensor> = state.into_iter().collect();
+    model
+        .load_state(&state)
+        .with_context(|| format!("loading the adapter in {}", adapter.dir.display()))?;
+    let ranks = adapter
+        .modules
+        .iter()
+        .map(|m| (m.path.clone(), m.rank()))
+        .collect();
+    Ok(ImportedModel {
+        config,
+        model,
+        peft_type: adapter.peft_type,
+        ranks,
+    })
+}
+
+/// Loads the PEFT adapter in `peft_dir` onto the base model folder `base` (default: the
+/// adapter's `base_model_name_or_path` when it is a local folder) as a [`TaskModel`] on
+/// `device`, ready for evaluation, prediction or further training.
+///
+/// The run config comes from `template` with `model.path`, `model.target_modules` (the
+/// adapted paths) and `[method]` set from the adapter:
+/// - a `LORA` adapter whose modules share one rank and one scale becomes a `lora` model with
+///   `lora_A` and `lora_B` unchanged (`α` such that `α / r` is PEFT's scale);
+/// - any other `LORA` adapter (per-module `rank_pattern` / `alpha_pattern`) becomes SVD
+///   adapters (`flexlora`, `r_init = r_max` = the largest rank, `s = 1`): `P = lora_B`,
+///   `Q = lora_A`, `λ` = the module's PEFT scale on its first `r` slots;
+/// - an `ADALORA` adapter becomes SVD adapters with `r_max = r_init = init_r`,
+///   `P = lora_B`, `λ = lora_E`, `Q = lora_A` in the slots of its `rank_pattern` mask, and
+///   `s = α / (init_r + 1e-5)` as PEFT (method `flexlora` until AdaLoRA training exists).
+///
+/// The head comes from `modules_to_save` (or, for the classifier, the base folder). Errors
+/// name the module, tensor or config field at fault. Draws from LibTorch's global generator
+/// (the model is built, then overwritten).
+pub fn import_peft(
+    peft_dir: &Path,
+    base: Option<&Path>,
+    template: &Config,
+    device: Device,
+) -> anyhow::Result<ImportedModel> {
+    let adapter = read_peft_adapter(peft_dir)?;
+    let base = resolve_base(&adapter, base)?;
+    let parts = run_state(&adapter, &base, template)?;
+    build_model(adapter, parts, device)
+}
+
+/// [`import_peft`], then writes a run directory at `output` that `flexlora eval` and
+/// `flexlora predict` accept: `config.toml` (the template's `[data]` must have as many classes
+/// as the adapter's classifier has outputs), `checkpoints/best` and `checkpoints/final` (the
+/// same state), and `import.json` (where it came from). The folder is written whole; an
+/// existing non-empty `output` is replaced only with `overwrite`.
+pub fn import_to_run(
+    peft_dir: &Path,
+    base: Option<&Path>,
+    template: &Config,
+    output: &Path,
+    overwrite: bool,
+) -> anyhow::Result<ImportedModel> {
+    let adapter = read_peft_adapter(peft_dir)?;
+    let base = resolve_base(&adapter, base)?;
+    let parts = run_state(&adapter, &base, template)?;
+    let (config, n) = (&parts.config, parts.num_labels);
+    let splits = crate::data::load_splits(&config.data)?;
+    let task = if n == 1 {
+        TaskKind::Regression
+    } else {
+        TaskKind::Classification
+    };
+    if splits.num_labels() != n || splits.task != task {
+        anyhow::bail!(
+            "the adapter's classifier has {n} output(s), but data.path = {} is a {:?} task with \
+             {} output(s) (labels {:?}); choose the matching data with --config / --set",
+            config.data.path.display(),
+            splits.task,
+            splits.num_labels(),
+            splits.label_names
+        );
+    }
+    let peft_type = adapter.peft_type;
+    let source = adapter.dir.clone();
+    let imported = build_model(adapter, parts, Device::Cpu)?;
+    let toml_text = toml::to_string(&imported.config).context("serialising the config")?;
+    let provenance = json!({
+        "peft_adapter": std::fs::canonicalize(&source).unwrap_or(source).display().to_string(),
+        "peft_type": match peft_type { PeftType::Lora => "LORA", PeftType::Adalora => "ADALORA" },
+        "base_model": base.display().to_string(),
+        "method": imported.config.method.name,
+        "ranks": imported.ranks.iter().map(|(p, r)| json!({"module": p, "rank": r})).collect::<Vec<_>>(),
+    });
+    let state = imported.model.state();
+    write_dir_atomic(
+        output,
+        "a run (pass --overwrite to replace it)",
+        |_| overwrite,
+        |tmp| {
+            crate::io::write_atomic(&tmp.join("config.toml"), |w| {
+                w.write_all(toml_text.as_bytes())
+            })?;
+            for name in ["best", "final"] {
+                crate::train::checkpoint::write_checkpoint(
+                    &tmp.join("checkpoints").join(name),
+                    |d| {
+                        Ok(Tensor::write_safetensors(
+                            &state,
+                            d.join("model.safetensors"),
+                        )?)
+                    },
+                )?;
+            }
+            write_json(&tmp.join("import.json"), &provenance)
+        },
+    )?;
+    Ok(imported)
+}

@@ -1,0 +1,179 @@
+//! A run's adapter folded into the base weights, as a Hugging Face folder (`flexlora merge`).
+
+use super::RunState;
+use super::files::{write_dir_atomic, write_json};
+use crate::config::TaskKind;
+use crate::train::model::TaskModel;
+use anyhow::Context;
+use serde_json::{Map, Value, json};
+use std::collections::HashMap;
+use std::path::Path;
+use tch::{Device, Kind, Tensor};
+
+/// Tokenizer files copied from the base folder when present.
+const TOKENIZER_FILES: &[&str] = &[
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.txt",
+    "added_tokens.json",
+];
+
+/// The provenance file a merged folder holds (and the mark of one, for replacing it).
+const MERGE_RECORD: &str = "flexlora_merge.json";
+
+/// Folds the adapter of the finished run in `run_dir` into its base model's weights and writes
+/// a complete Hugging Face `BertForSequenceClassification` folder at `output`, which
+/// transformers loads without PEFT:
+///
+/// - `model.safetensors`: every encoder weight with its `bert.` name, each adapted layer's
+///   weight replaced by `W + ΔW` (for `full` runs, the trained weights), the pooler
+///   (pretrained, or the run's trained one) and the classifier;
+/// - `config.json`: the base model's, with `architectures`, `id2label` / `label2id` (the run's
+///   data labels when its data file can be read, else `LABEL_i`) and `problem_type`;
+/// - the base folder's tokenizer files, and `flexlora_merge.json` (what was merged).
+///
+/// The state is the checkpoint `flexlora eval` uses (`checkpoints/best`, else `final`). The
+/// folder is written whole; an existing `output` is replaced only if it is empty or an earlier
+/// merge. Draws from LibTorch's global generator (the model is built, then overwritten).
+pub fn merge_run(run_dir: &Path, output: &Path) -> anyhow::Result<()> {
+    let run = RunState::load(run_dir)?;
+    let config = &run.config;
+    let num_labels = run
+        .tensors
+        .get("head.classifier.weight")
+        .and_then(|t| t.size().first().map(|&n| n.max(0) as usize))
+        .filter(|&n| n > 0)
+        .with_context(|| {
+            format!(
+                "{}: no (or an empty) head.classifier.weight in the checkpoint",
+                run.checkpoint.display()
+            )
+        })?;
+    let task = if num_labels == 1 {
+        TaskKind::Regression
+    } else {
+        TaskKind::Classification
+    };
+    let mut model = TaskModel::build(config, num_labels, task, Device::Cpu)?;
+    model
+        .load_state(&run.tensors)
+        .with_context(|| format!("loading {}", run.checkpoint.display()))?;
+
+    let c = &model.classifier;
+    let paths = c.bert.linear_paths();
+    let mut deltas: HashMap<String, Tensor> = HashMap::new();
+    tch::no_grad(|| {
+        for (path, layer) in paths.iter().zip(c.bert.linears()) {
+            if let Some(adapter) = &layer.adapter {
+                deltas.insert(
+                    format!("{path}.weight"),
+                    adapter.delta_weight().to_kind(Kind::Double),
+                );
+            }
+        }
+    });
+    let mut tensors: Vec<(String, Tensor)> = Vec::new();
+    tch::no_grad(|| {
+        for (name, t) in c.bert.named_parameters() {
+            let t = t.detach().to_device(Device::Cpu);
+            let merged = match deltas.get(&name) {
+                Some(d) => (t.to_kind(Kind::Double) + d).to_kind(Kind::Float),
+                None => t.to_kind(Kind::Float).copy(),
+            };
+            tensors.push((format!("bert.{name}"), merged.contiguous()));
+        }
+        let cpu = |t: &Tensor| {
+            t.detach()
+                .to_device(Device::Cpu)
+                .to_kind(Kind::Float)
+                .contiguous()
+        };
+        tensors.push(("bert.pooler.dense.weight".into(), cpu(&c.pooler_weight)));
+        tensors.push(("bert.pooler.dense.bias".into(), cpu(&c.pooler_bias)));
+        tensors.push(("classifier.weight".into(), cpu(&c.classifier_weight)));
+        tensors.push(("classifier.bias".into(), cpu(&c.classifier_bias)));
+    });
+
+    let base = &config.model.path;
+    let config_path = base.join("config.json");
+    let text = std::fs::read_to_string(&config_path)
+        .with_context(|| format!("reading {}", config_path.display()))?;
+    let mut hf: Map<String, Value> = serde_json::from_str(&text)
+        .with_context(|| format!("{}: not a JSON object", config_path.display()))?;
+    let labels = label_names(config, num_labels, task);
+    hf.insert(
+        "architectures".into(),
+        json!(["BertForSequenceClassification"]),
+    );
+    let id2label: Map<String, Value> = labels
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (i.to_string(), json!(l)))
+        .collect();
+    let label2id: Map<String, Value> = labels
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (l.clone(), json!(i)))
+        .collect();
+    hf.insert("id2label".into(), Value::Object(id2label));
+    hf.insert("label2id".into(), Value::Object(label2id));
+    hf.insert(
+        "problem_type".into(),
+        json!(match task {
+            TaskKind::Regression => "regression",
+            TaskKind::Classification => "single_label_classification",
+        }),
+    );
+    let record = json!({
+        "run": std::fs::canonicalize(run_dir).unwrap_or_else(|_| run_dir.to_path_buf()).display().to_string(),
+        "checkpoint": run.checkpoint.display().to_string(),
+        "method": config.method.name,
+        "base_model": base.display().to_string(),
+        "merged_modules": model.adapted_paths,
+    });
+    write_dir_atomic(
+        output,
+        "a merged model (flexlora_merge.json)",
+        |d| d.join(MERGE_RECORD).exists(),
+        |tmp| {
+            Tensor::write_safetensors(&tensors, tmp.join("model.safetensors"))?;
+            write_json(&tmp.join("config.json"), &Value::Object(hf))?;
+            for f in TOKENIZER_FILES {
+                let src = base.join(f);
+                if src.exists() {
+                    std::fs::copy(&src, tmp.join(f))
+                        .with_context(|| format!("copying {}", src.display()))?;
+                }
+            }
+            write_json(&tmp.join(MERGE_RECORD), &record)
+        },
+    )
+}
+
+/// Class names for `id2label`: the run's data labels when the data file reads and agrees with
+/// the checkpoint, else `LABEL_i` (with a warning).
+fn label_names(config: &crate::config::Config, num_labels: usize, task: TaskKind) -> Vec<String> {
+    let generic = || (0..num_labels).map(|i| format!("LABEL_{i}")).collect();
+    if task == TaskKind::Regression {
+        return generic();
+    }
+    match crate::data::load_splits(&config.data) {
+        Ok(s) if s.label_names.len() == num_labels => s.label_names,
+        Ok(s) => {
+            eprintln!(
+                "warning: the run's data has {} labels but its classifier {num_labels} outputs; \
+                 config.json gets LABEL_0..",
+                s.label_names.len()
+            );
+            generic()
+        }
+        Err(e) => {
+            eprintln!(
+                "warning: the run's data could not be read for label names ({e}); config.json gets \
+                 LABEL_0.."
+            );
+            generic()
+        }
+    }
+}
