@@ -65,6 +65,7 @@ fn template(model: &Path, data: &Path, method: &str) -> Config {
         format!("method.name=\"{method}\""),
         "method.r_init=2".into(),
         "method.r_max=4".into(),
+        "method.target_r=1".into(),
         "training.device=\"cpu\"".into(),
         format!("data.max_length={MAX_LEN}"),
     ];
@@ -240,6 +241,28 @@ fn exported_adapters_load_in_python_peft_with_the_same_logits() {
     let a = read_json(&dir.path().join("flex_adalora/adapter_config.json"));
     assert_eq!(a["peft_type"], "ADALORA");
     assert_eq!(a["init_r"], 4);
+
+    // An AdaLoRA run (trained with PEFT's scale alpha / (r + 1e-5)), exported both ways.
+    let ada_cfg = template(&base, &data, "adalora");
+    let ada = perturbed(&ada_cfg, 7, Ranks::Uniform);
+    let ada_run = dir.path().join("ada");
+    write_run(&ada_run, &ada_cfg, &ada);
+    let ada_logits = logits(&ada, &base, &texts);
+    for (name, format) in [
+        ("ada_lora", PeftFormat::Lora),
+        ("ada_adalora", PeftFormat::Adalora),
+    ] {
+        let out = dir.path().join(name);
+        peft::export_run(&ada_run, format, &out).unwrap();
+        jobs.push(json!({"name": name, "base": base, "adapter": out, "num_labels": 2}));
+        ours.insert(name, ada_logits.shallow_clone());
+    }
+    let a = read_json(&dir.path().join("ada_adalora/adapter_config.json"));
+    assert_eq!(
+        a["lora_alpha"].as_f64(),
+        Some(ada_cfg.method.alpha),
+        "PEFT's own alpha, exactly"
+    );
 
     // LoRA, rank 2 everywhere.
     let lora_cfg = template(&base, &data, "lora");

@@ -102,7 +102,12 @@ fn run_adapters(
                 r_max: p.size().get(1).copied().unwrap_or(0).max(0) as usize,
                 alpha: m.alpha,
                 dropout: m.dropout,
-                scale: m.scale,
+                // AdaLoRA runs train with PEFT's own scale (the trainer sets it; configs cannot).
+                scale: if m.name == crate::config::MethodName::Adalora {
+                    crate::config::ScalePolicy::PeftAdalora
+                } else {
+                    m.scale
+                },
                 init_std: SVD_INIT_STD,
             };
             let adapter = SvdAdapter::from_parts(

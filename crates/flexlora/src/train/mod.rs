@@ -403,10 +403,14 @@ pub fn train(config: &Config, opts: &TrainOptions) -> anyhow::Result<Summary> {
         steps_per_second: state.step as f64 / state.train_seconds.max(1e-9),
         seed: tc.seed,
     };
-    // The adapter in Hugging Face PEFT's format (`peft_type: LORA`), for use without flexlora.
-    if matches!(config.method.name, MethodName::Flexlora | MethodName::Lora) {
-        let adapter = opts.output.join("adapter");
-        crate::peft::export_run(&opts.output, crate::peft::PeftFormat::Lora, &adapter)?;
+    // The adapter in Hugging Face PEFT's format, for use without flexlora (full runs: `merge`).
+    let format = match config.method.name {
+        MethodName::Flexlora | MethodName::Lora => Some(crate::peft::PeftFormat::Lora),
+        MethodName::Adalora => Some(crate::peft::PeftFormat::Adalora),
+        MethodName::Full => None,
+    };
+    if let Some(format) = format {
+        crate::peft::export_run(&opts.output, format, &opts.output.join("adapter"))?;
     }
     run.write_summary(&summary)?;
     Ok(summary)
