@@ -58,6 +58,11 @@ pub enum Command {
         /// config.toml is used; other config options are ignored).
         #[arg(long, value_name = "RUN_DIR", conflicts_with_all = ["output", "overwrite"])]
         resume: Option<PathBuf>,
+        /// Start from the trained state of another run (e.g. one made by `flexlora import` from
+        /// a PEFT adapter): its config.toml replaces --config (flags and --set still apply) and
+        /// its best checkpoint initialises the adapters and head; the optimiser starts fresh.
+        #[arg(long, value_name = "RUN_DIR", conflicts_with = "resume")]
+        init_from: Option<PathBuf>,
         /// Replace a run already in the output directory.
         #[arg(long)]
         overwrite: bool,
@@ -191,6 +196,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             seed,
             output,
             resume,
+            init_from,
             overwrite,
             quiet,
         } => {
@@ -215,7 +221,11 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             let (cfg, output, resuming) = match resume {
                 Some(dir) => (crate::train::load_run_config(&dir)?, dir, true),
                 None => {
-                    let cfg = crate::config::Config::load(&config, &overrides)?.config;
+                    let base = match &init_from {
+                        Some(dir) => dir.join("config.toml"),
+                        None => config,
+                    };
+                    let cfg = crate::config::Config::load(&base, &overrides)?.config;
                     let method = serde_json::to_value(cfg.method.name)?;
                     let default = PathBuf::from(format!(
                         "runs/{}-seed{}",
@@ -228,6 +238,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             let opts = crate::train::TrainOptions {
                 output: output.clone(),
                 resume: resuming,
+                init_from,
                 overwrite,
                 quiet,
             };

@@ -646,6 +646,25 @@ fn command_line_export_import_merge_on_a_trained_run() {
         ]);
         assert!(!o.status.success());
         assert!(String::from_utf8_lossy(&o.stderr).contains("--overwrite"));
+        // Further training starts from the imported adapter.
+        let further = dir.path().join(format!("{name}_further"));
+        let o = flexlora(&[
+            "train",
+            "--init-from",
+            imported.to_str().unwrap(),
+            "--output",
+            further.to_str().unwrap(),
+            "--set",
+            "training.max_steps=3",
+            "--set",
+            "schedule.t_init=0",
+            "--set",
+            "schedule.t_final=1",
+            "--quiet",
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert!(further.join("summary.json").exists());
+        assert!(further.join("adapter/adapter_config.json").exists());
     }
 }
 

@@ -24,7 +24,7 @@ use crate::config::{Config, MethodName};
 use crate::data::{self, Example};
 use crate::models::TextTokenizer;
 use crate::optim::{AdamW, AdamWConfig, learning_rate};
-use anyhow::bail;
+use anyhow::{Context, bail};
 use checkpoint::{BestEpoch, TrainerState};
 use flexlora_core::RankAllocator;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -43,6 +43,8 @@ pub struct TrainOptions {
     pub resume: bool,
     /// Replace a finished or unfinished run in `output`.
     pub overwrite: bool,
+    /// Initialise the trainable state from this run's best (else final) checkpoint.
+    pub init_from: Option<PathBuf>,
     /// No progress bar or progress messages.
     pub quiet: bool,
 }
@@ -129,6 +131,18 @@ pub fn train(config: &Config, opts: &TrainOptions) -> anyhow::Result<Summary> {
     }
     tch::manual_seed(step_seed(tc.seed, u64::MAX));
     let mut model = TaskModel::build(config, splits.num_labels(), splits.task, device)?;
+    if let Some(source) = &opts.init_from {
+        if !opts.resume {
+            let best = source.join("checkpoints/best");
+            let dir = if best.exists() {
+                best
+            } else {
+                source.join("checkpoints/final")
+            };
+            run::load_model_checkpoint(&dir, &mut model)
+                .with_context(|| format!("--init-from {}", source.display()))?;
+        }
+    }
     let tokenizer = TextTokenizer::from_folder(&config.model.path, config.data.max_length)?;
     let o = &config.optimiser;
     let mut optimiser = AdamW::new(AdamWConfig {
