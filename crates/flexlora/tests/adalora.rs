@@ -28,20 +28,7 @@ const LR: f64 = 5e-3;
 
 /// The first `n` positive and `n` negative sentences of the real Pang & Lee file.
 fn sentences(n: usize) -> (Vec<String>, Vec<String>) {
-    let text = std::fs::read_to_string(repo_root().join("assets/polarity/pang-lee-sentences.csv"))
-        .unwrap();
-    let mut reader = csv::ReaderBuilder::new()
-        .has_headers(false)
-        .from_reader(text.trim_start_matches('\u{feff}').as_bytes());
-    let (mut pos, mut neg) = (Vec::new(), Vec::new());
-    for r in reader.records() {
-        let r = r.unwrap();
-        let side = if &r[0] == "1" { &mut pos } else { &mut neg };
-        if side.len() < n {
-            side.push(r[1].to_string());
-        }
-    }
-    (pos, neg)
+    common::polarity_sentences(0, n)
 }
 
 /// Batch `i`: four positive then four negative sentences, labels 1 and 0.
@@ -342,20 +329,8 @@ fn adalora_matches_peft_step_by_step() {
     assert!(loss_diff <= 1e-5, "losses differ by {loss_diff:e}");
 }
 
-/// 60 positive and 60 negative sentences (the file is sorted by label) in the file's format.
 fn slice(dir: &Path) -> PathBuf {
-    let (pos, neg) = sentences(60);
-    let path = dir.join("slice.csv");
-    let mut w = csv::Writer::from_path(&path).unwrap();
-    for (label, s) in pos
-        .iter()
-        .map(|s| ("1", s))
-        .chain(neg.iter().map(|s| ("-1", s)))
-    {
-        w.write_record([label, s.as_str()]).unwrap();
-    }
-    w.flush().unwrap();
-    path
+    common::polarity_slice(dir, 60)
 }
 
 fn flexlora(args: &[String]) -> Output {

@@ -21,39 +21,16 @@ use tch::{Device, Kind, Tensor};
 const MAX_LEN: usize = 48;
 const TOL: f64 = 1e-4;
 
-/// Sentences of the Pang & Lee file (sorted by label): `n` positive, then `n` negative, skipping
-/// the first `skip` of each.
+/// Real sentences: `n` positive (label 1), then `n` negative (label 0), skipping `skip` of each.
 fn sentences(skip: usize, n: usize) -> (Vec<String>, Vec<i64>) {
-    let text = std::fs::read_to_string(repo_root().join("assets/polarity/pang-lee-sentences.csv"))
-        .unwrap();
-    let mut reader = csv::ReaderBuilder::new()
-        .has_headers(false)
-        .from_reader(text.trim_start_matches('\u{feff}').as_bytes());
-    let rows: Vec<csv::StringRecord> = reader.records().map(|r| r.unwrap()).collect();
-    let (pos, neg): (Vec<&csv::StringRecord>, Vec<&csv::StringRecord>) =
-        rows.iter().partition(|r| &r[0] == "1");
-    let mut texts = Vec::new();
-    let mut labels = Vec::new();
-    for (part, label) in [(&pos, 1), (&neg, 0)] {
-        for r in part.iter().skip(skip).take(n) {
-            texts.push(r[1].trim().to_string());
-            labels.push(label);
-        }
-    }
-    (texts, labels)
+    let (pos, neg) = common::polarity_sentences(skip, n);
+    let labels = [vec![1; pos.len()], vec![0; neg.len()]].concat();
+    ([pos, neg].concat(), labels)
 }
 
 /// A small data file of real sentences (30 positive, 30 negative) in the file's own format.
 fn data_slice(dir: &Path) -> PathBuf {
-    let (texts, labels) = sentences(0, 30);
-    let path = dir.join("slice.csv");
-    let mut w = csv::Writer::from_path(&path).unwrap();
-    for (t, l) in texts.iter().zip(labels) {
-        w.write_record([if l == 1 { "1" } else { "-1" }, t.as_str()])
-            .unwrap();
-    }
-    w.flush().unwrap();
-    path
+    common::polarity_slice(dir, 30)
 }
 
 /// The default config on `model` and `data` with `method`, ranks 2 of 4 slots, on the CPU.

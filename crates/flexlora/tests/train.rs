@@ -9,23 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-/// 60 positive and 60 negative sentences (the file is sorted by label) in the file's format.
+/// 60 positive and 60 negative real sentences in the file's format.
 fn slice(dir: &Path) -> PathBuf {
-    let text = std::fs::read_to_string(repo_root().join("assets/polarity/pang-lee-sentences.csv"))
-        .unwrap();
-    let mut reader = csv::ReaderBuilder::new()
-        .has_headers(false)
-        .from_reader(text.trim_start_matches('\u{feff}').as_bytes());
-    let rows: Vec<csv::StringRecord> = reader.records().map(|r| r.unwrap()).collect();
-    let (pos, neg): (Vec<&csv::StringRecord>, Vec<&csv::StringRecord>) =
-        rows.iter().partition(|r| &r[0] == "1");
-    let path = dir.join("slice.csv");
-    let mut w = csv::Writer::from_path(&path).unwrap();
-    for r in pos.iter().take(60).chain(neg.iter().take(60)) {
-        w.write_record(*r).unwrap();
-    }
-    w.flush().unwrap();
-    path
+    common::polarity_slice(dir, 60)
 }
 
 /// A small FlexLoRA run: 84 train / 12 validation / 24 test, batch 8, 2 epochs = 22 steps,

@@ -64,6 +64,40 @@ pub fn minilm() -> PathBuf {
     p
 }
 
+/// The first `n` positive and `n` negative sentences of the real Pang & Lee file (which is sorted
+/// by label), after skipping `skip` of each; texts trimmed.
+pub fn polarity_sentences(skip: usize, n: usize) -> (Vec<String>, Vec<String>) {
+    let path = repo_root().join("assets/polarity/pang-lee-sentences.csv");
+    let text = std::fs::read_to_string(&path).expect("run scripts/fetch-assets");
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .from_reader(text.trim_start_matches('\u{feff}').as_bytes());
+    let (mut pos, mut neg) = (Vec::new(), Vec::new());
+    for r in reader.records() {
+        let r = r.unwrap();
+        let side = if &r[0] == "1" { &mut pos } else { &mut neg };
+        side.push(r[1].trim().to_string());
+    }
+    let pick = |v: Vec<String>| v.into_iter().skip(skip).take(n).collect::<Vec<_>>();
+    (pick(pos), pick(neg))
+}
+
+/// A small balanced data file in the Pang & Lee format (`1` / `-1`, text): `n` sentences of each.
+pub fn polarity_slice(dir: &Path, n: usize) -> PathBuf {
+    let (pos, neg) = polarity_sentences(0, n);
+    let path = dir.join("slice.csv");
+    let mut w = csv::Writer::from_path(&path).unwrap();
+    for (label, s) in pos
+        .iter()
+        .map(|s| ("1", s))
+        .chain(neg.iter().map(|s| ("-1", s)))
+    {
+        w.write_record([label, s.as_str()]).unwrap();
+    }
+    w.flush().unwrap();
+    path
+}
+
 /// Largest absolute difference.
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
     assert_eq!(a.size(), b.size(), "shapes differ");
