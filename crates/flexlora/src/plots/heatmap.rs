@@ -13,7 +13,8 @@ use std::path::Path;
 /// `L0 key`, ..., `L5 output`; a line separates layers, the layer being the label's first
 /// word). Snapshot `ranks[i]` (one rank per matrix) was taken at optimiser step `steps[i]`
 /// and its cells span from that step to the next snapshot's step, so irregular intervals show
-/// as such; the last snapshot gets the width of the interval before it. Colours run from 0
+/// as such; the last snapshot's cells run to `end_step` (the end of training; when it is not
+/// after the last snapshot, they get the width of the interval before it). Colours run from 0
 /// (grey, matrix switched off) to `r_max` (or the largest rank seen, if larger), explained by
 /// a colour bar. No snapshots gives an empty chart. Steps must not decrease.
 pub fn rank_heatmap(
@@ -22,6 +23,7 @@ pub fn rank_heatmap(
     ranks: &[Vec<usize>],
     matrix_labels: &[String],
     r_max: usize,
+    end_step: u64,
 ) -> Result<(), PlotError> {
     let input_err = |message: String| PlotError::Input {
         path: path.to_path_buf(),
@@ -53,6 +55,7 @@ pub fn rank_heatmap(
         )));
     }
     let heat = Heatmap {
+        end_step,
         steps,
         ranks,
         labels: matrix_labels,
@@ -110,6 +113,7 @@ fn short_label(label: &str) -> String {
 
 /// Everything [`rank_heatmap`] draws, checked.
 pub(super) struct Heatmap<'a> {
+    pub(super) end_step: u64,
     pub(super) steps: &'a [u64],
     pub(super) ranks: &'a [Vec<usize>],
     pub(super) labels: &'a [String],
@@ -137,14 +141,18 @@ impl Heatmap<'_> {
         let n = self.labels.len();
         let (main, bar) = root.split_horizontally(1400 - 130);
 
-        // x: steps; the last snapshot lasts as long as the interval before it.
+        // x: steps; the last snapshot lasts until the end of training.
         let x0 = self.steps.first().copied().unwrap_or(0) as f64;
         let last = self.steps.last().copied().unwrap_or(0) as f64;
-        let last_width = match self.steps {
-            [.., a, b] if b > a => (b - a) as f64,
-            _ => 1.0_f64.max((last - x0) / 20.0),
+        let x1 = if self.end_step as f64 > last {
+            self.end_step as f64
+        } else {
+            let last_width = match self.steps {
+                [.., a, b] if b > a => (b - a) as f64,
+                _ => 1.0_f64.max((last - x0) / 20.0),
+            };
+            last + last_width
         };
-        let x1 = last + last_width;
         // y: row i (from the top) is [n-1-i, n-i]; labels sit at the centres.
         let rows = n.max(1) as f64;
         let centres: Vec<f64> = (0..n).map(|i| i as f64 + 0.5).collect();

@@ -264,7 +264,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("runs/demo/plots/ranks.png");
         let (steps, ranks) = realistic_ranks();
-        rank_heatmap(&path, &steps, &ranks, &labels(), 16).unwrap();
+        rank_heatmap(&path, &steps, &ranks, &labels(), 16, 2000).unwrap();
         sensible(png_size(&path));
         let left: Vec<_> = std::fs::read_dir(path.parent().unwrap()).unwrap().collect();
         assert_eq!(left.len(), 1, "no temporary file left");
@@ -280,18 +280,18 @@ mod tests {
             .map(|t| (0..100).map(|m| (t + m) % 9).collect())
             .collect();
         let big = dir.path().join("big.png");
-        rank_heatmap(&big, &steps, &ranks, &labels, 8).unwrap();
+        rank_heatmap(&big, &steps, &ranks, &labels, 8, 0).unwrap();
         let (w, h) = png_size(&big);
         sensible((w, h));
         assert!(h >= 100 * 12, "rows of at least 12 px, got height {h}");
         keep(&big, "ranks-100x300.png");
 
         let empty = dir.path().join("empty.png");
-        rank_heatmap(&empty, &[], &[], &[], 0).unwrap();
+        rank_heatmap(&empty, &[], &[], &[], 0, 0).unwrap();
         sensible(png_size(&empty));
         keep(&empty, "ranks-empty.png");
         let one = dir.path().join("one.png");
-        rank_heatmap(&one, &[0], &[vec![4, 0]], &labels[..2], 4).unwrap();
+        rank_heatmap(&one, &[0], &[vec![4, 0]], &labels[..2], 4, 0).unwrap();
         sensible(png_size(&one));
     }
 
@@ -299,12 +299,13 @@ mod tests {
     fn heatmap_rejects_mismatched_input_naming_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("bad.png");
-        let e = rank_heatmap(&path, &[0, 10], &[vec![1]], &labels()[..1], 4).unwrap_err();
+        let e = rank_heatmap(&path, &[0, 10], &[vec![1]], &labels()[..1], 4, 0).unwrap_err();
         assert!(matches!(e, PlotError::Input { .. }), "{e}");
         assert!(e.to_string().contains("bad.png"), "{e}");
-        let e = rank_heatmap(&path, &[0], &[vec![1, 2]], &labels()[..1], 4).unwrap_err();
+        let e = rank_heatmap(&path, &[0], &[vec![1, 2]], &labels()[..1], 4, 0).unwrap_err();
         assert!(e.to_string().contains("2 ranks for 1 matrices"), "{e}");
-        let e = rank_heatmap(&path, &[10, 0], &[vec![1], vec![1]], &labels()[..1], 4).unwrap_err();
+        let e =
+            rank_heatmap(&path, &[10, 0], &[vec![1], vec![1]], &labels()[..1], 4, 0).unwrap_err();
         assert!(e.to_string().contains("backwards"), "{e}");
         assert!(!path.exists());
     }
@@ -343,7 +344,7 @@ mod tests {
         let path = blocker.join("loss.png");
         let e = loss_curves(&path, &[(1, 1.0)], &[], "accuracy").unwrap_err();
         assert!(e.to_string().contains(&path.display().to_string()), "{e}");
-        let e = rank_heatmap(&path, &[0], &[vec![1]], &labels()[..1], 4).unwrap_err();
+        let e = rank_heatmap(&path, &[0], &[vec![1]], &labels()[..1], 4, 0).unwrap_err();
         assert!(matches!(e, PlotError::Io { .. }), "{e}");
         assert!(e.to_string().contains(&path.display().to_string()), "{e}");
     }
@@ -354,6 +355,7 @@ mod tests {
         let (steps, ranks) = realistic_ranks();
         let labels = labels();
         let heat = Heatmap {
+            end_step: 2000,
             steps: &steps,
             ranks: &ranks,
             labels: &labels,

@@ -225,17 +225,17 @@ impl RunDir {
             .first()
             .is_some_and(|(_, r)| !r.is_empty())
         {
-            let mut steps: Vec<u64> = state.rank_history.iter().map(|(s, _)| *s).collect();
-            let mut ranks: Vec<Vec<usize>> =
+            let steps: Vec<u64> = state.rank_history.iter().map(|(s, _)| *s).collect();
+            let ranks: Vec<Vec<usize>> =
                 state.rank_history.iter().map(|(_, r)| r.clone()).collect();
-            // Close the last cell at the end of training, not one interval after the last change.
-            if let (Some(&last_step), Some(last)) = (steps.last(), ranks.last().cloned()) {
-                if last_step < state.step {
-                    steps.push(state.step);
-                    ranks.push(last);
-                }
-            }
-            crate::plots::rank_heatmap(&dir.join("ranks.png"), &steps, &ranks, labels, r_max)?;
+            crate::plots::rank_heatmap(
+                &dir.join("ranks.png"),
+                &steps,
+                &ranks,
+                labels,
+                r_max,
+                state.step,
+            )?;
         }
         crate::plots::loss_curves(
             &dir.join("loss.png"),
