@@ -327,22 +327,8 @@ impl AdaLoraAllocator {
     /// Restores a state written by [`AdaLoraAllocator::state`] for the same adapters; every
     /// name and shape must match.
     pub fn load_state(&mut self, state: &HashMap<String, Tensor>) -> Result<(), AdaLoraError> {
-        let want: Vec<(String, Vec<i64>)> = self
-            .state()
-            .into_iter()
-            .map(|(n, t)| (n, t.size()))
-            .collect();
-        for (name, shape) in &want {
-            let got = state.get(name).ok_or_else(|| {
-                AdaLoraError::Mismatch(format!("the checkpoint has no tensor `{name}`"))
-            })?;
-            if &got.size() != shape {
-                return Err(AdaLoraError::Mismatch(format!(
-                    "checkpoint tensor `{name}` has shape {:?}, the allocator needs {shape:?}",
-                    got.size()
-                )));
-            }
-        }
+        crate::io::check_saved_tensors(&self.state(), state, "the allocator")
+            .map_err(AdaLoraError::Mismatch)?;
         let flags = |name: &str| -> Vec<bool> {
             Vec::<f32>::try_from(&state[name].to_kind(Kind::Float))
                 .unwrap_or_default()

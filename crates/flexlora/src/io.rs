@@ -1,7 +1,32 @@
 //! Output files written whole or not at all.
 
+use std::collections::HashMap;
 use std::io::{BufWriter, Write};
 use std::path::Path;
+use tch::Tensor;
+
+/// Checks that `saved` holds a tensor of the same shape for every tensor of `expected` (what a
+/// checkpoint must contain to be loaded into live state); the message names the first tensor
+/// that is missing or mis-shaped, and `owner` says what needs it ("the model", ...).
+pub fn check_saved_tensors(
+    expected: &[(String, Tensor)],
+    saved: &HashMap<String, Tensor>,
+    owner: &str,
+) -> Result<(), String> {
+    for (name, want) in expected {
+        let got = saved
+            .get(name)
+            .ok_or_else(|| format!("the checkpoint has no tensor `{name}`"))?;
+        if got.size() != want.size() {
+            return Err(format!(
+                "checkpoint tensor `{name}` has shape {:?}, {owner} needs {:?}",
+                got.size(),
+                want.size()
+            ));
+        }
+    }
+    Ok(())
+}
 
 /// Writes `path` through `fill` into a temporary file beside it, then renames it into place,
 /// so readers (and a crash) never see a half-written file. On error the temporary file is

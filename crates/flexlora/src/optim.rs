@@ -21,18 +21,6 @@ pub enum OptimError {
         /// What failed.
         message: String,
     },
-    /// A saved state does not fit the parameters.
-    #[error("{path}: optimiser state `{name}` has shape {got:?}, the parameters need {want:?}")]
-    Mismatch {
-        /// The state file.
-        path: String,
-        /// The tensor at fault.
-        name: String,
-        /// Its saved shape.
-        got: Vec<i64>,
-        /// The expected shape.
-        want: Vec<i64>,
-    },
     /// A slot reset names a group or slot that does not exist.
     #[error("reset_slot: {0}")]
     Slot(String),
@@ -256,25 +244,17 @@ impl AdamW {
             message: e.to_string(),
         })?;
         let saved: std::collections::HashMap<String, Tensor> = saved.into_iter().collect();
-        let names: Vec<(String, Vec<i64>)> = self
+        let expected: Vec<(String, Tensor)> = self
             .state_tensors()
             .into_iter()
-            .map(|(n, t)| (n, t.size()))
+            .map(|(n, t)| (n, t.shallow_clone()))
             .collect();
-        for (name, want) in &names {
-            let got = saved.get(name).ok_or_else(|| OptimError::Io {
+        crate::io::check_saved_tensors(&expected, &saved, "the optimiser").map_err(|message| {
+            OptimError::Io {
                 path: p.clone(),
-                message: format!("missing tensor `{name}`"),
-            })?;
-            if &got.size() != want {
-                return Err(OptimError::Mismatch {
-                    path: p.clone(),
-                    name: name.clone(),
-                    got: got.size(),
-                    want: want.clone(),
-                });
+                message,
             }
-        }
+        })?;
         tch::no_grad(|| {
             for (i, s) in self.params.iter_mut().enumerate() {
                 s.exp_avg.copy_(&saved[&format!("param.{i}.exp_avg")]);

@@ -4,7 +4,7 @@
 use crate::adapter::{Adapter, LoraAdapter, SvdAdapter, SvdAdapterConfig, inject_adapters};
 use crate::config::{Config, MethodName, ScalePolicy, TaskKind};
 use crate::models::{BertModel, EncoderInput, SequenceClassifier};
-use anyhow::{Context, bail};
+use anyhow::Context;
 use std::collections::HashMap;
 use tch::{Device, Kind, Tensor};
 
@@ -235,22 +235,8 @@ impl TaskModel {
     /// Restores a state written by [`TaskModel::state`] (same config), in place, so the
     /// optimiser keeps pointing at the same tensors. Names and shapes must match.
     pub fn load_state(&mut self, state: &HashMap<String, Tensor>) -> anyhow::Result<()> {
-        let want: Vec<(String, Vec<i64>)> = self
-            .state()
-            .into_iter()
-            .map(|(n, t)| (n, t.size()))
-            .collect();
-        for (name, shape) in &want {
-            let got = state
-                .get(name)
-                .with_context(|| format!("the checkpoint has no tensor `{name}`"))?;
-            if &got.size() != shape {
-                bail!(
-                    "checkpoint tensor `{name}` has shape {:?}, the model needs {shape:?}",
-                    got.size()
-                );
-            }
-        }
+        crate::io::check_saved_tensors(&self.state(), state, "the model")
+            .map_err(anyhow::Error::msg)?;
         let paths = self.adapted_paths.clone();
         tch::no_grad(|| -> anyhow::Result<()> {
             for (path, l) in paths.iter().zip(self.adapted_linears_mut()) {
