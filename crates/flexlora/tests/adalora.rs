@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::{jsonl as lines, kill_when, run_flexlora as flexlora};
+
 use common::{assert_close, golden_with_args, max_abs_diff, minilm, rel_err, repo_root};
 use flexlora::adalora::AdaLoraAllocator;
 use flexlora::adapter::{
@@ -15,7 +17,7 @@ use flexlora::models::{EncoderInput, TextTokenizer};
 use flexlora::optim::{AdamW, AdamWConfig};
 use flexlora::train::model::TaskModel;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use tch::{Device, Kind, Tensor};
 
 const CPU: Device = Device::Cpu;
@@ -333,22 +335,6 @@ fn slice(dir: &Path) -> PathBuf {
     common::polarity_slice(dir, 60)
 }
 
-fn flexlora(args: &[String]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_flexlora"))
-        .args(args)
-        .current_dir(repo_root())
-        .output()
-        .unwrap()
-}
-
-fn lines(path: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
 /// A small AdaLoRA run: 84 train / 12 validation / 24 test, batch 8, 2 epochs = T = 22 steps,
 /// adapters on query and value of 6 layers (K = 12) at init_r 2 -> target_r 1.
 fn adalora_args(data: &Path, out: &Path) -> Vec<String> {
@@ -518,27 +504,9 @@ fn adalora_resume_gives_identical_bytes() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 
     let killed = dir.path().join("killed");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_flexlora"))
-        .args(args(&killed))
-        .current_dir(repo_root())
-        .spawn()
-        .unwrap();
-    let started = std::time::Instant::now();
     // Step 6 (PEFT's global step 5): after the first masking, with live EMAs.
     let target = killed.join("checkpoints/step-000006/manifest.json");
-    while !target.exists() {
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the run finished before it could be killed"
-        );
-        assert!(
-            started.elapsed() < std::time::Duration::from_secs(120),
-            "no checkpoint appeared"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(2));
-    }
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
+    kill_when(&args(&killed), || target.exists());
     assert!(!killed.join("summary.json").exists());
     let r = flexlora(&[
         "train".into(),

@@ -4,10 +4,11 @@
 
 mod common;
 
-use common::{minilm, repo_root};
+use common::{jsonl as lines, kill_when, run_flexlora as flexlora};
+
+use common::minilm;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 /// 60 positive and 60 negative real sentences in the file's format.
 fn slice(dir: &Path) -> PathBuf {
@@ -48,22 +49,6 @@ fn base_args(data: &Path, out: &Path) -> Vec<String> {
         v.push(s.into());
     }
     v
-}
-
-fn flexlora(args: &[String]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_flexlora"))
-        .args(args)
-        .current_dir(repo_root())
-        .output()
-        .unwrap()
-}
-
-fn lines(path: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
 }
 
 #[test]
@@ -198,36 +183,17 @@ fn sigkill_and_resume_give_identical_bytes() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 
     let killed = dir.path().join("killed");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_flexlora"))
-        .args(args(&killed))
-        .current_dir(repo_root())
-        .spawn()
-        .unwrap();
-    let started = Instant::now();
     let ckpts = killed.join("checkpoints");
-    loop {
-        let n = std::fs::read_dir(&ckpts)
+    let step_checkpoints = || {
+        std::fs::read_dir(&ckpts)
             .map(|d| {
                 d.flatten()
                     .filter(|e| e.file_name().to_string_lossy().starts_with("step-"))
                     .count()
             })
-            .unwrap_or(0);
-        if n >= 2 {
-            break;
-        }
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the run finished before it could be killed"
-        );
-        assert!(
-            started.elapsed() < Duration::from_secs(120),
-            "no checkpoints appeared"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
+            .unwrap_or(0)
+    };
+    kill_when(&args(&killed), || step_checkpoints() >= 2);
     assert!(!killed.join("summary.json").exists());
     let mut steps: Vec<PathBuf> = std::fs::read_dir(&ckpts)
         .unwrap()

@@ -98,6 +98,48 @@ pub fn polarity_slice(dir: &Path, n: usize) -> PathBuf {
     path
 }
 
+/// Runs the `flexlora` binary from the repository root and waits for it.
+pub fn run_flexlora(args: &[String]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_flexlora"))
+        .args(args)
+        .current_dir(repo_root())
+        .output()
+        .unwrap()
+}
+
+/// The JSON objects of a JSONL file.
+pub fn jsonl(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Starts `flexlora args` and kills it with SIGKILL as soon as `ready()` holds (polled every
+/// few milliseconds); fails if the run ends first or nothing happens within two minutes.
+pub fn kill_when(args: &[String], ready: impl Fn() -> bool) {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_flexlora"))
+        .args(args)
+        .current_dir(repo_root())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while !ready() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run finished before it could be killed"
+        );
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(120),
+            "the run never got there"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+}
+
 /// Largest absolute difference.
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
     assert_eq!(a.size(), b.size(), "shapes differ");
