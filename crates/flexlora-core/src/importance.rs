@@ -100,8 +100,31 @@ fn finite_or_zero(x: f64) -> f64 {
     if x.is_finite() { x } else { 0.0 }
 }
 
+/// AdaLoRA's sensitivity summed up per matrix (the `"sensitivity"` ablation, METHOD.md §2):
+/// the mean triplet score over the active slots,
+/// `I_k = (1 / r_k) · Σ_{i active} S_i` with `S_i = s(λ_i) + mean_j s(Q_ij) + mean_o s(P_oi)`
+/// (computed by the tensor code, which holds the gradients).
+///
+/// The mean, not the sum: a sum grows with the rank, so the matrices that already hold the
+/// most rank would keep winning it; the mean asks how important a matrix's average direction
+/// is, as the spectral metrics do. Non-finite triplet scores are left out; no active slot (or
+/// none finite) scores `0`. `active` shorter than `triplet_scores` counts the missing slots as
+/// inactive.
+pub fn matrix_sensitivity(triplet_scores: &[f64], active: &[bool]) -> f64 {
+    let (sum, n) = triplet_scores
+        .iter()
+        .zip(active)
+        .filter(|(s, a)| **a && s.is_finite())
+        .fold((0.0, 0usize), |(sum, n), (s, _)| (sum + s, n + 1));
+    if n == 0 {
+        0.0
+    } else {
+        finite_or_zero(sum / n as f64)
+    }
+}
+
 /// The importance metric chosen in a config (`importance = "entropy" | "nuclear" |
-/// "frobenius"`).
+/// "frobenius" | "sensitivity"`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Importance {
@@ -112,21 +135,30 @@ pub enum Importance {
     Nuclear,
     /// [`FrobeniusNorm`].
     Frobenius,
+    /// AdaLoRA's gradient sensitivity per matrix, [`matrix_sensitivity`]: not a function of
+    /// the singular values, so [`Importance::spectral`] is `None` for it.
+    Sensitivity,
 }
 
-impl ImportanceMetric for Importance {
-    fn name(&self) -> &'static str {
+impl Importance {
+    /// The name used in configs and logs.
+    pub fn name(&self) -> &'static str {
         match self {
             Importance::Entropy => SpectralEntropy.name(),
             Importance::Nuclear => NuclearNorm.name(),
             Importance::Frobenius => FrobeniusNorm.name(),
+            Importance::Sensitivity => "sensitivity",
         }
     }
-    fn score(&self, lambdas: &[f32]) -> f64 {
+
+    /// The metric as a function of the singular values, or `None` for
+    /// [`Importance::Sensitivity`], which needs gradients.
+    pub fn spectral(&self) -> Option<&'static dyn ImportanceMetric> {
         match self {
-            Importance::Entropy => SpectralEntropy.score(lambdas),
-            Importance::Nuclear => NuclearNorm.score(lambdas),
-            Importance::Frobenius => FrobeniusNorm.score(lambdas),
+            Importance::Entropy => Some(&SpectralEntropy),
+            Importance::Nuclear => Some(&NuclearNorm),
+            Importance::Frobenius => Some(&FrobeniusNorm),
+            Importance::Sensitivity => None,
         }
     }
 }
@@ -177,13 +209,11 @@ mod tests {
         assert_eq!(FrobeniusNorm.score(&[0.0; 8]), 0.0);
     }
 
+    const SPECTRAL: [&dyn ImportanceMetric; 3] = [&SpectralEntropy, &NuclearNorm, &FrobeniusNorm];
+
     #[test]
     fn non_finite_input_scores_zero() {
-        for metric in [
-            Importance::Entropy,
-            Importance::Nuclear,
-            Importance::Frobenius,
-        ] {
+        for metric in SPECTRAL {
             assert_eq!(metric.score(&[1.0, f32::NAN]), 0.0, "{}", metric.name());
             assert_eq!(
                 metric.score(&[1.0, f32::INFINITY]),
@@ -206,9 +236,26 @@ mod tests {
             (Importance::Entropy, "entropy"),
             (Importance::Nuclear, "nuclear"),
             (Importance::Frobenius, "frobenius"),
+            (Importance::Sensitivity, "sensitivity"),
         ] {
             assert_eq!(metric.name(), name);
+            assert_eq!(
+                metric.spectral().map(|m| m.name()),
+                (metric != Importance::Sensitivity).then_some(name)
+            );
         }
+    }
+
+    #[test]
+    fn matrix_sensitivity_is_the_mean_over_active_finite_slots() {
+        // Active slots 0, 2, 3 with scores 1, 3, 8 (slot 1 inactive, slot 3's NaN left out):
+        // (1 + 3) / 2 = 2.
+        let s = matrix_sensitivity(&[1.0, 100.0, 3.0, f64::NAN], &[true, false, true, true]);
+        assert_eq!(s, 2.0);
+        assert_eq!(matrix_sensitivity(&[5.0, 7.0], &[true, true]), 6.0);
+        assert_eq!(matrix_sensitivity(&[5.0, 7.0], &[false, false]), 0.0);
+        assert_eq!(matrix_sensitivity(&[5.0, 7.0], &[true]), 5.0);
+        assert_eq!(matrix_sensitivity(&[], &[]), 0.0);
     }
 
     proptest! {
@@ -237,9 +284,25 @@ mod tests {
         fn every_metric_is_finite_and_non_negative(
             l in proptest::collection::vec(proptest::num::f32::ANY, 0..16),
         ) {
-            for metric in [Importance::Entropy, Importance::Nuclear, Importance::Frobenius] {
+            for metric in SPECTRAL {
                 let s = metric.score(&l);
                 prop_assert!(s.is_finite() && s >= 0.0, "{} gave {s}", metric.name());
+            }
+        }
+
+        #[test]
+        fn matrix_sensitivity_is_finite_and_within_the_active_range(
+            v in proptest::collection::vec((proptest::num::f64::ANY, any::<bool>()), 0..32),
+        ) {
+            let (scores, active): (Vec<f64>, Vec<bool>) = v.into_iter().unzip();
+            let s = matrix_sensitivity(&scores, &active);
+            prop_assert!(s.is_finite());
+            let used: Vec<f64> = scores.iter().zip(&active)
+                .filter(|(x, a)| **a && x.is_finite()).map(|(x, _)| *x).collect();
+            if !used.is_empty() && s != 0.0 {
+                let lo = used.iter().copied().fold(f64::INFINITY, f64::min);
+                let hi = used.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                prop_assert!(s >= lo - 1e-9 * lo.abs() && s <= hi + 1e-9 * hi.abs(), "{s} not in [{lo}, {hi}]");
             }
         }
     }

@@ -21,6 +21,7 @@ pub use allocator::{
     AllocationDirection, Decision, MatrixRank, RankAllocator, slot_to_expand, slot_to_prune,
 };
 pub use importance::{
-    FrobeniusNorm, Importance, ImportanceMetric, NuclearNorm, SpectralEntropy, spectral_entropy,
+    FrobeniusNorm, Importance, ImportanceMetric, NuclearNorm, SpectralEntropy, matrix_sensitivity,
+    spectral_entropy,
 };
 pub use schedule::{AdjustmentSchedule, BudgetSchedule, ScheduleError};

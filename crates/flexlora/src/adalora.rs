@@ -25,10 +25,11 @@
 //! update), then `zero_grad`.
 
 use crate::adapter::{AdapterError, SvdAdapter};
+use crate::sensitivity::SensitivityEma;
 use flexlora_core::{AdaLoraAction, AdaLoraBudget, mask_to_budget};
 use serde::Serialize;
 use std::collections::HashMap;
-use tch::{Device, Kind, Tensor};
+use tch::{Kind, Tensor};
 use thiserror::Error;
 
 /// An AdaLoRA step or state that cannot be applied.
@@ -68,27 +69,16 @@ pub struct MaskRecord {
     pub rank_pattern: Vec<Vec<bool>>,
 }
 
-/// The per-element EMAs of one tensor: sensitivity `Ī` and uncertainty `Ū`.
-#[derive(Debug)]
-struct Ema {
-    ipt: Tensor,
-    unc: Tensor,
-}
-
 /// PEFT's `RankAllocator` over SVD adapters: sensitivity EMAs of every `P`, `λ`, `Q` entry,
 /// the current rank pattern, and the phase logic of `AdaLoraModel.update_and_allocate`.
 #[derive(Debug)]
 pub struct AdaLoraAllocator {
     budget: AdaLoraBudget,
-    beta1: f64,
-    beta2: f64,
-    /// Per adapter: the EMAs of `P`, `λ`, `Q` (the order of `SvdAdapter::slotted_parameters`).
-    ema: Vec<[Ema; 3]>,
+    /// The sensitivity EMAs of every `P`, `λ`, `Q` entry.
+    sensitivity: SensitivityEma,
     pattern: Vec<Vec<bool>>,
     finalised: bool,
 }
-
-const TENSORS: [&str; 3] = ["P", "lambda", "Q"];
 
 impl AdaLoraAllocator {
     /// An allocator for `adapters` (the model's SVD adapters, in model order) with zero EMAs and
@@ -100,13 +90,8 @@ impl AdaLoraAllocator {
         beta1: f64,
         beta2: f64,
     ) -> Result<Self, AdaLoraError> {
-        for (name, beta) in [("beta1", beta1), ("beta2", beta2)] {
-            if !(beta > 0.0 && beta < 1.0) {
-                return Err(AdaLoraError::Mismatch(format!(
-                    "{name} = {beta} is not in (0, 1)"
-                )));
-            }
-        }
+        let sensitivity =
+            SensitivityEma::new(adapters, beta1, beta2).map_err(AdaLoraError::Mismatch)?;
         let slots: usize = adapters.iter().map(|a| a.active().len()).sum();
         if slots != budget.initial {
             return Err(AdaLoraError::Mismatch(format!(
@@ -119,20 +104,9 @@ impl AdaLoraAllocator {
                 "matrix {k} has inactive slots; AdaLoRA keeps every slot active and masks λ"
             )));
         }
-        let ema = adapters
-            .iter()
-            .map(|a| {
-                a.slotted_parameters().map(|(p, _)| Ema {
-                    ipt: p.detach().zeros_like(),
-                    unc: p.detach().zeros_like(),
-                })
-            })
-            .collect();
         Ok(Self {
             budget,
-            beta1,
-            beta2,
-            ema,
+            sensitivity,
             pattern: adapters
                 .iter()
                 .map(|a| vec![true; a.active().len()])
@@ -186,16 +160,16 @@ impl AdaLoraAllocator {
         adapters: &mut [&mut SvdAdapter],
         global_step: u64,
     ) -> Result<Option<MaskRecord>, AdaLoraError> {
-        if adapters.len() != self.ema.len() {
+        if adapters.len() != self.sensitivity.len() {
             return Err(AdaLoraError::Mismatch(format!(
                 "{} adapters given, the allocator tracks {}",
                 adapters.len(),
-                self.ema.len()
+                self.sensitivity.len()
             )));
         }
         match self.budget.action(global_step) {
             AdaLoraAction::Update { budget, mask } => {
-                self.update_sensitivity(adapters);
+                self.sensitivity.update(adapters);
                 if !mask {
                     return Ok(None);
                 }
@@ -205,12 +179,7 @@ impl AdaLoraAllocator {
                 let record = self.mask(adapters, global_step, budget, true)?;
                 self.finalised = true;
                 // PEFT's `reset_ipt`: the EMAs are never used again.
-                tch::no_grad(|| {
-                    for e in self.ema.iter_mut().flatten() {
-                        let _ = e.ipt.zero_();
-                        let _ = e.unc.zero_();
-                    }
-                });
+                self.sensitivity.zero();
                 Ok(Some(record))
             }
             AdaLoraAction::Reapply => {
@@ -223,39 +192,10 @@ impl AdaLoraAllocator {
         }
     }
 
-    /// PEFT's `update_ipt`, per entry of every `P`, `λ`, `Q`: `I = |p · ∇p|`,
-    /// `Ī ← β1 Ī + (1 − β1) I`, `Ū ← β2 Ū + (1 − β2) |I − Ī|` (with the new `Ī`), in PEFT's
-    /// operation order. A tensor without a gradient is skipped.
-    fn update_sensitivity(&mut self, adapters: &[&mut SvdAdapter]) {
-        let (b1, b2) = (self.beta1, self.beta2);
-        tch::no_grad(|| {
-            for (a, emas) in adapters.iter().zip(self.ema.iter_mut()) {
-                for ((p, _), e) in a.slotted_parameters().into_iter().zip(emas.iter_mut()) {
-                    let grad = p.grad();
-                    if !grad.defined() {
-                        continue;
-                    }
-                    let ipt = (p * &grad).abs();
-                    e.ipt = &e.ipt * b1 + &ipt * (1.0 - b1);
-                    e.unc = &e.unc * b2 + (&ipt - &e.ipt).abs() * (1.0 - b2);
-                }
-            }
-        });
-    }
-
     /// Every triplet's score, per matrix (`[r]` tensors), as PEFT's `mask_to_budget` computes
-    /// it: with `s = Ī · Ū` per entry, `S_i = s(λ_i) + (mean_j s(Q_ij) + mean_o s(P_oi))`.
+    /// it (see [`SensitivityEma::triplet_scores`]).
     pub fn triplet_scores(&self) -> Vec<Tensor> {
-        tch::no_grad(|| {
-            self.ema
-                .iter()
-                .map(|[p, l, q]| {
-                    let s_p = (&p.ipt * &p.unc).mean_dim(Some([0i64].as_slice()), false, None);
-                    let s_q = (&q.ipt * &q.unc).mean_dim(Some([1i64].as_slice()), false, None);
-                    &l.ipt * &l.unc + (s_q + s_p)
-                })
-                .collect()
-        })
+        self.sensitivity.triplet_scores()
     }
 
     /// Masks to `budget` by the current scores and records it.
@@ -266,15 +206,7 @@ impl AdaLoraAllocator {
         budget: usize,
         final_mask: bool,
     ) -> Result<MaskRecord, AdaLoraError> {
-        let scores: Vec<Vec<f64>> = self
-            .triplet_scores()
-            .iter()
-            .map(|t| {
-                let v = Vec::<f32>::try_from(&t.to_kind(Kind::Float).to_device(Device::Cpu))
-                    .unwrap_or_default();
-                v.into_iter().map(f64::from).collect()
-            })
-            .collect();
+        let scores = self.sensitivity.triplet_scores_host();
         let flat: Vec<f64> = scores.iter().flatten().copied().collect();
         let keep = mask_to_budget(&flat, self.budget.initial, budget);
         let mut pattern = Vec::with_capacity(adapters.len());
@@ -307,13 +239,8 @@ impl AdaLoraAllocator {
     /// The state to checkpoint (CPU copies): `adalora.<k>.<P|lambda|Q>.exp_avg_ipt` and
     /// `.exp_avg_unc`, `adalora.<k>.keep` (0/1) per matrix `k`, and `adalora.final` (0/1).
     pub fn state(&self) -> Vec<(String, Tensor)> {
-        let cpu = |t: &Tensor| t.detach().to_device(Device::Cpu).copy();
-        let mut v = Vec::new();
-        for (k, (emas, keep)) in self.ema.iter().zip(&self.pattern).enumerate() {
-            for (name, e) in TENSORS.iter().zip(emas) {
-                v.push((format!("adalora.{k}.{name}.exp_avg_ipt"), cpu(&e.ipt)));
-                v.push((format!("adalora.{k}.{name}.exp_avg_unc"), cpu(&e.unc)));
-            }
+        let mut v = self.sensitivity.state("adalora");
+        for (k, keep) in self.pattern.iter().enumerate() {
             let flags: Vec<f32> = keep.iter().map(|&b| f32::from(u8::from(b))).collect();
             v.push((format!("adalora.{k}.keep"), Tensor::from_slice(&flags)));
         }
@@ -336,16 +263,9 @@ impl AdaLoraAllocator {
                 .map(|x| x > 0.5)
                 .collect()
         };
-        tch::no_grad(|| {
-            for (k, emas) in self.ema.iter_mut().enumerate() {
-                for (name, e) in TENSORS.iter().zip(emas.iter_mut()) {
-                    e.ipt
-                        .copy_(&state[&format!("adalora.{k}.{name}.exp_avg_ipt")]);
-                    e.unc
-                        .copy_(&state[&format!("adalora.{k}.{name}.exp_avg_unc")]);
-                }
-            }
-        });
+        self.sensitivity
+            .load_state("adalora", state)
+            .map_err(AdaLoraError::Mismatch)?;
         for (k, keep) in self.pattern.iter_mut().enumerate() {
             *keep = flags(&format!("adalora.{k}.keep"));
         }

@@ -5,8 +5,9 @@
 use crate::adapter::{AdapterError, SvdAdapter};
 use crate::config::NewDirectionInit;
 use crate::optim::{AdamW, OptimError};
+use crate::sensitivity::SensitivityEma;
 use flexlora_core::{
-    Importance, ImportanceMetric, MatrixRank, RankAllocator, slot_to_expand, slot_to_prune,
+    Importance, MatrixRank, RankAllocator, matrix_sensitivity, slot_to_expand, slot_to_prune,
 };
 use serde::Serialize;
 use thiserror::Error;
@@ -62,6 +63,17 @@ pub enum AllocationError {
         /// The optimiser's error.
         source: OptimError,
     },
+    /// `importance = "sensitivity"` without sensitivity EMAs for the adapters.
+    #[error(
+        "the sensitivity importance needs the sensitivity EMAs of all {adapters} adapters \
+         (got {tracked})"
+    )]
+    Sensitivity {
+        /// Adapters given.
+        adapters: usize,
+        /// Adapters the EMAs track.
+        tracked: usize,
+    },
     /// The optimiser's groups do not line up with the adapters.
     #[error("the optimiser has {groups} parameter groups but there are {adapters} adapters")]
     Groups {
@@ -75,10 +87,15 @@ pub enum AllocationError {
 /// Applies one allocation step with `b` moves to `adapters` (in the model's documented order),
 /// whose optimiser groups must be `0..adapters.len()` in the same order: register the adapters
 /// first (see [`register_adapters`]), other parameters after them.
+///
+/// `sensitivity` holds the adapters' sensitivity EMAs; it is required for
+/// `importance = "sensitivity"` (and ignored otherwise, except that a changed slot's EMAs are
+/// reset whenever it is given).
 pub fn apply_allocation(
     adapters: &mut [&mut SvdAdapter],
     optimiser: &mut AdamW,
     policy: &AllocationPolicy,
+    mut sensitivity: Option<&mut SensitivityEma>,
     step: u64,
     b: u32,
 ) -> Result<AllocationRecord, AllocationError> {
@@ -88,17 +105,33 @@ pub fn apply_allocation(
             adapters: adapters.len(),
         });
     }
-    let scores: Vec<f64> = adapters
-        .iter()
-        .map(|a| {
-            let spectrum = if policy.exact_spectrum {
-                a.exact_spectrum()
-            } else {
-                a.active_lambdas()
-            };
-            policy.importance.score(&spectrum)
-        })
-        .collect();
+    let scores: Vec<f64> = match policy.importance.spectral() {
+        Some(metric) => adapters
+            .iter()
+            .map(|a| {
+                let spectrum = if policy.exact_spectrum {
+                    a.exact_spectrum()
+                } else {
+                    a.active_lambdas()
+                };
+                metric.score(&spectrum)
+            })
+            .collect(),
+        None => {
+            let ema = sensitivity
+                .as_deref()
+                .filter(|e| e.len() == adapters.len())
+                .ok_or(AllocationError::Sensitivity {
+                    adapters: adapters.len(),
+                    tracked: sensitivity.as_deref().map_or(0, SensitivityEma::len),
+                })?;
+            ema.triplet_scores_host()
+                .iter()
+                .zip(adapters.iter())
+                .map(|(s, a)| matrix_sensitivity(s, a.active()))
+                .collect()
+        }
+    };
     let matrices: Vec<MatrixRank> = adapters
         .iter()
         .zip(&scores)
@@ -119,6 +152,9 @@ pub fn apply_allocation(
             optimiser
                 .reset_slot(k, slot)
                 .map_err(|source| AllocationError::Optimiser { matrix: k, source })?;
+            if let Some(e) = sensitivity.as_deref_mut() {
+                e.reset_slot(k, slot);
+            }
             pruned.push((k, slot));
         }
     }
@@ -131,6 +167,9 @@ pub fn apply_allocation(
             optimiser
                 .reset_slot(k, slot)
                 .map_err(|source| AllocationError::Optimiser { matrix: k, source })?;
+            if let Some(e) = sensitivity.as_deref_mut() {
+                e.reset_slot(k, slot);
+            }
             expanded.push((k, slot));
         }
     }

@@ -168,11 +168,87 @@ pub enum Command {
         #[arg(long)]
         output: PathBuf,
     },
+    /// Train every method × seed (reusing finished runs, resuming interrupted ones) and write
+    /// a table of the task metric with a paired comparison: ablation.md, ablation.csv,
+    /// ablation.png.
+    Ablate {
+        /// The base run config (TOML).
+        #[arg(long, default_value = "configs/default.toml")]
+        config: PathBuf,
+        /// Comma-separated methods: flexlora, adalora, lora, full, nuclear, frobenius,
+        /// sensitivity, exact_spectrum, prune_only, expand_only, small_init, orthogonal_init,
+        /// cubic_ref, linear, exp, constant.
+        #[arg(long, value_delimiter = ',', required = true)]
+        methods: Vec<String>,
+        /// Seeds 0..N per method.
+        #[arg(long, default_value_t = 3)]
+        seeds: u64,
+        /// Runs at the same time (the cores are split between them).
+        #[arg(long, default_value_t = 1)]
+        jobs: usize,
+        /// Output folder (runs/, logs/, ablation.md, ablation.csv, ablation.png).
+        #[arg(long, default_value = "runs/ablation")]
+        output: PathBuf,
+        /// The method the others are compared with (default: the first).
+        #[arg(long)]
+        baseline: Option<String>,
+        /// Override a config value for every method, e.g. --set training.epochs=2 (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+        /// Override a config value for one method, e.g. --set-for lora:optimiser.lr=2e-3.
+        #[arg(long = "set-for", value_name = "METHOD:KEY=VALUE")]
+        method_overrides: Vec<String>,
+        /// Choose a method's learning rate on the validation split (seed 0), e.g.
+        /// --lr-grid adalora=2e-3,5e-3,1e-2 (repeatable).
+        #[arg(long = "lr-grid", value_name = "METHOD=LR,LR,...")]
+        lr_grids: Vec<String>,
+        /// Rebuild the table from the finished runs only; train nothing.
+        #[arg(long)]
+        report_only: bool,
+        /// No progress bar.
+        #[arg(long)]
+        quiet: bool,
+    },
 }
 
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Ablate {
+            config,
+            methods,
+            seeds,
+            jobs,
+            output,
+            baseline,
+            overrides,
+            method_overrides,
+            lr_grids,
+            report_only,
+            quiet,
+        } => {
+            let command_line = std::iter::once("flexlora".to_string())
+                .chain(std::env::args().skip(1).map(|a| shell_word(&a)))
+                .collect::<Vec<_>>()
+                .join(" ");
+            let report = crate::ablate::ablate(&crate::ablate::AblateOptions {
+                config,
+                overrides,
+                methods,
+                seeds,
+                jobs,
+                output: output.clone(),
+                baseline,
+                method_overrides,
+                lr_grids,
+                report_only,
+                quiet,
+                command_line,
+            })?;
+            print!("{}", report.markdown());
+            eprintln!("wrote {}/ablation.md, .csv and .png", output.display());
+            Ok(())
+        }
         Command::Schedule {
             config,
             overrides,
@@ -327,4 +403,17 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
 
 fn toml_string(s: &str) -> String {
     toml::Value::String(s.to_string()).to_string()
+}
+
+/// `arg` quoted for a POSIX shell when it needs it (for the command line in reports).
+fn shell_word(arg: &str) -> String {
+    let plain = !arg.is_empty()
+        && arg
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c));
+    if plain {
+        arg.to_string()
+    } else {
+        format!("'{}'", arg.replace('\'', "'\\''"))
+    }
 }

@@ -6,6 +6,7 @@
 
 pub use flexlora_core as core;
 
+pub mod ablate;
 pub mod adalora;
 pub mod adapter;
 pub mod allocation;
@@ -21,6 +22,7 @@ pub mod overrides;
 pub mod peft;
 pub mod plan;
 pub mod plots;
+pub mod sensitivity;
 pub mod tasks;
 pub mod train;
 pub mod validate;

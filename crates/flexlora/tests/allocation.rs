@@ -6,6 +6,7 @@ use flexlora::allocation::{AllocationPolicy, apply_allocation, register_adapters
 use flexlora::config::{NewDirectionInit, ScalePolicy};
 use flexlora::core::{AllocationDirection, Importance, RankAllocator};
 use flexlora::optim::{AdamW, AdamWConfig};
+use flexlora::sensitivity::SensitivityEma;
 use tch::{Device, Kind, Tensor};
 
 const F32: (Kind, Device) = (Kind::Float, Device::Cpu);
@@ -79,6 +80,7 @@ fn one_step_moves_rank_from_concentrated_to_spread_spectrum() {
         &mut adapters.iter_mut().collect::<Vec<_>>(),
         &mut opt,
         &policy(AllocationDirection::Both),
+        None,
         40,
         1,
     )
@@ -123,6 +125,7 @@ fn one_sided_ablations_change_the_total() {
         &mut adapters.iter_mut().collect::<Vec<_>>(),
         &mut opt,
         &policy(AllocationDirection::PruneOnly),
+        None,
         1,
         2,
     )
@@ -132,9 +135,87 @@ fn one_sided_ablations_change_the_total() {
         &mut adapters.iter_mut().collect::<Vec<_>>(),
         &mut opt,
         &policy(AllocationDirection::ExpandOnly),
+        None,
         2,
         1,
     )
     .unwrap();
     assert_eq!(r.ranks.iter().sum::<usize>(), 5);
+}
+
+/// `importance = "sensitivity"`: after one EMA update from zero, `Ī = (1 − β1) I` and
+/// `Ū = (1 − β2) β1 I`, so every entry's `s = c · I²` with `c = (1 − β1)(1 − β2) β1` and
+/// `I = |p · ∇p|`; a matrix scores the mean over its active slots of
+/// `S_i = s(λ_i) + mean_j s(Q_ij) + mean_o s(P_oi)`. Changed slots restart their EMAs.
+#[test]
+fn sensitivity_importance_scores_the_mean_triplet_sensitivity() {
+    tch::manual_seed(23);
+    let (b1, b2) = (0.85, 0.7);
+    let mut adapters = vec![
+        adapter(&[1.0, 0.5, 0.1]),
+        adapter(&[0.2, 0.3]),
+        adapter(&[2.0, 1.0, 0.5]),
+    ];
+    let mut opt = AdamW::new(AdamWConfig {
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        weight_decay: 0.0,
+    });
+    register_adapters(&mut opt, &adapters);
+    let mut ema = SensitivityEma::new(&adapters.iter().collect::<Vec<_>>(), b1, b2).unwrap();
+    train_once(&adapters, &mut opt);
+    ema.update(&adapters.iter_mut().collect::<Vec<_>>());
+    // By hand, from the parameters and gradients still in place.
+    let c = (1.0 - b1) * (1.0 - b2) * b1;
+    let expected: Vec<f64> = adapters
+        .iter()
+        .map(|a| {
+            let [(p, _), (l, _), (q, _)] = a.slotted_parameters();
+            let s = |t: &Tensor| (t * t.grad()).abs().square().to_kind(Kind::Double) * c;
+            let per_slot = s(l) + s(q).mean_dim(1, false, None) + s(p).mean_dim(0, false, None);
+            let v = Vec::<f64>::try_from(&per_slot).unwrap();
+            let active: Vec<f64> = v
+                .iter()
+                .zip(a.active())
+                .filter(|(_, on)| **on)
+                .map(|(x, _)| *x)
+                .collect();
+            active.iter().sum::<f64>() / active.len() as f64
+        })
+        .collect();
+    let mut sens_policy = policy(AllocationDirection::Both);
+    sens_policy.importance = Importance::Sensitivity;
+    // Without the EMAs the step refuses to run.
+    let err = apply_allocation(
+        &mut adapters.iter_mut().collect::<Vec<_>>(),
+        &mut opt,
+        &sens_policy,
+        None,
+        10,
+        1,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("sensitivity"), "{err}");
+    let record = apply_allocation(
+        &mut adapters.iter_mut().collect::<Vec<_>>(),
+        &mut opt,
+        &sens_policy,
+        Some(&mut ema),
+        10,
+        1,
+    )
+    .unwrap();
+    for (got, want) in record.scores.iter().zip(&expected) {
+        assert!(
+            (got - want).abs() <= 1e-4 * want.abs() + 1e-12,
+            "score {got} vs hand-computed {want}"
+        );
+    }
+    assert_eq!(record.pruned.len(), 1);
+    assert_eq!(record.expanded.len(), 1);
+    let scores = ema.triplet_scores_host();
+    for &(k, slot) in record.pruned.iter().chain(&record.expanded) {
+        assert_eq!(scores[k][slot], 0.0, "matrix {k} slot {slot} EMAs restart");
+    }
 }

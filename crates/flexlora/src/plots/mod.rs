@@ -1,6 +1,6 @@
 //! PNG pictures of a training run (`runs/<name>/plots/`): the rank of every adapted matrix over
 //! training as a heatmap ([`rank_heatmap`]) and the training loss with the validation metric
-//! ([`loss_curves`]).
+//! ([`loss_curves`]); and for the ablation runner, a bar chart with error bars ([`bar_chart`]).
 //!
 //! Drawing uses `plotters` with its bitmap backend; text is rendered with `ab_glyph` from a
 //! TrueType font found at run time (the file named by `FLEXLORA_PLOT_FONT`, else DejaVu Sans,
@@ -163,9 +163,11 @@ fn rank_colour(rank: usize, max: usize) -> RGBColor {
     RGBColor(mix(a.0, b.0), mix(a.1, b.1), mix(a.2, b.2))
 }
 
+mod bars;
 mod curves;
 mod heatmap;
 
+pub use bars::{Bar, bar_chart};
 pub use curves::loss_curves;
 pub use heatmap::rank_heatmap;
 

@@ -24,12 +24,13 @@ use crate::config::{Config, MethodName};
 use crate::data::{self, Example};
 use crate::models::TextTokenizer;
 use crate::optim::{AdamW, AdamWConfig, learning_rate};
+use crate::sensitivity::SensitivityEma;
 use anyhow::{Context, bail};
 use checkpoint::{BestEpoch, TrainerState};
-use flexlora_core::RankAllocator;
+use flexlora_core::{Importance, RankAllocator};
 use indicatif::{ProgressBar, ProgressStyle};
 use model::TaskModel;
-use run::RunDir;
+use run::{CheckpointedState, RunDir};
 use std::path::PathBuf;
 use std::time::Instant;
 use tch::{Device, Tensor};
@@ -176,6 +177,32 @@ pub fn train(config: &Config, opts: &TrainOptions) -> anyhow::Result<Summary> {
         }
         _ => None,
     };
+    // FlexLoRA's sensitivity ablation: AdaLoRA's EMAs, updated at the same point of every step.
+    let mut sensitivity = match (config.method.name, config.allocation.importance) {
+        (MethodName::Flexlora, Importance::Sensitivity) => {
+            let a = &config.allocation;
+            Some(
+                SensitivityEma::new(
+                    &model.svd_adapters(),
+                    a.sensitivity_beta1,
+                    a.sensitivity_beta2,
+                )
+                .map_err(|e| anyhow::anyhow!("allocation.sensitivity_beta*: {e}"))?,
+            )
+        }
+        _ => None,
+    };
+    // The allocator state a checkpoint carries (at most one of the two exists).
+    fn allocator_state<'a>(
+        adalora: &'a Option<AdaLoraAllocator>,
+        sensitivity: &'a Option<SensitivityEma>,
+    ) -> Option<&'a dyn CheckpointedState> {
+        match (adalora, sensitivity) {
+            (Some(a), _) => Some(a),
+            (None, Some(s)) => Some(s),
+            (None, None) => None,
+        }
+    }
 
     // AdaLoRA's rank is the number of triplets its latest mask kept (crate::adalora).
     let ranks = |m: &TaskModel, ada: Option<&AdaLoraAllocator>| match ada {
@@ -193,7 +220,10 @@ pub fn train(config: &Config, opts: &TrainOptions) -> anyhow::Result<Summary> {
         Some(dir) => {
             let state = run.load_checkpoint(&dir, &mut model, &mut optimiser)?;
             if let Some(a) = adalora.as_mut() {
-                run.load_adalora(&dir, a)?;
+                run.load_allocator(&dir, a)?;
+            }
+            if let Some(s) = sensitivity.as_mut() {
+                run.load_allocator(&dir, s)?;
             }
             if !opts.quiet {
                 eprintln!(
@@ -285,6 +315,9 @@ pub fn train(config: &Config, opts: &TrainOptions) -> anyhow::Result<Summary> {
                 Some(a) => a.update_and_allocate(&mut model.svd_adapters_mut(), state.step)?,
                 None => None,
             };
+            if let Some(s) = sensitivity.as_mut() {
+                s.update(&model.svd_adapters_mut());
+            }
             optimiser.zero_grad();
             state.step += 1;
             state.micro_in_epoch = last;
@@ -303,8 +336,14 @@ pub fn train(config: &Config, opts: &TrainOptions) -> anyhow::Result<Summary> {
                 if let Some(b) = schedule.moves_at(state.step) {
                     tch::manual_seed(step_seed(tc.seed, state.step | ALLOCATION_SALT));
                     let mut adapters = model.svd_adapters_mut();
-                    let record =
-                        apply_allocation(&mut adapters, &mut optimiser, &policy, state.step, b)?;
+                    let record = apply_allocation(
+                        &mut adapters,
+                        &mut optimiser,
+                        &policy,
+                        sensitivity.as_mut(),
+                        state.step,
+                        b,
+                    )?;
                     if !record.pruned.is_empty() || !record.expanded.is_empty() {
                         state.rank_history.push((state.step, record.ranks.clone()));
                     }
@@ -330,7 +369,12 @@ pub fn train(config: &Config, opts: &TrainOptions) -> anyhow::Result<Summary> {
             // a checkpoint's step never splits an epoch end from its validation record.
             let epoch_ends = state.micro_in_epoch >= micro_per_epoch;
             if !epoch_ends && state.step - last_checkpoint_step >= tc.checkpoint_every {
-                run.save_checkpoint(&state, &model, &optimiser, adalora.as_ref())?;
+                run.save_checkpoint(
+                    &state,
+                    &model,
+                    &optimiser,
+                    allocator_state(&adalora, &sensitivity),
+                )?;
                 last_checkpoint_step = state.step;
             }
         }
@@ -366,12 +410,17 @@ pub fn train(config: &Config, opts: &TrainOptions) -> anyhow::Result<Summary> {
             }
             state.epoch += 1;
             state.micro_in_epoch = 0;
-            run.save_checkpoint(&state, &model, &optimiser, adalora.as_ref())?;
+            run.save_checkpoint(
+                &state,
+                &model,
+                &optimiser,
+                allocator_state(&adalora, &sensitivity),
+            )?;
             last_checkpoint_step = state.step;
         }
     }
     bar.finish_and_clear();
-    run.save_final(&state, &model, adalora.as_ref())?;
+    run.save_final(&state, &model, allocator_state(&adalora, &sensitivity))?;
 
     // Test with the best validation epoch's parameters (the final state when there was no
     // validation split).

@@ -17,6 +17,7 @@ use super::model::TaskModel;
 use crate::adalora::AdaLoraAllocator;
 use crate::config::Config;
 use crate::optim::AdamW;
+use crate::sensitivity::SensitivityEma;
 use anyhow::{Context, bail};
 use std::collections::HashMap;
 use std::io::Write;
@@ -151,21 +152,21 @@ impl RunDir {
         Ok(state)
     }
 
-    /// Writes a step checkpoint (with AdaLoRA's allocator state in `adalora.safetensors` when
-    /// given) and removes old ones.
+    /// Writes a step checkpoint (with the allocator's own state, e.g. AdaLoRA's in
+    /// `adalora.safetensors`, when given) and removes old ones.
     pub fn save_checkpoint(
         &self,
         state: &TrainerState,
         model: &TaskModel,
         optimiser: &AdamW,
-        adalora: Option<&AdaLoraAllocator>,
+        allocator: Option<&dyn CheckpointedState>,
     ) -> anyhow::Result<()> {
         let dir = self.checkpoints().join(format!("step-{:06}", state.step));
         checkpoint::write_checkpoint(&dir, |tmp| {
             Tensor::write_safetensors(&model.state(), tmp.join("model.safetensors"))?;
             optimiser.save(&tmp.join("optimiser.safetensors"))?;
             std::fs::write(tmp.join("state.json"), serde_json::to_string_pretty(state)?)?;
-            save_adalora(tmp, adalora)?;
+            save_allocator(tmp, allocator)?;
             Ok(())
         })?;
         checkpoint::prune_old(&self.checkpoints(), state.step, KEEP_CHECKPOINTS);
@@ -187,27 +188,32 @@ impl RunDir {
         load_model_checkpoint(&self.checkpoints().join("best"), model)
     }
 
-    /// Writes the final trainable state and trainer state (and AdaLoRA's allocator state, whose
-    /// `adalora.<k>.keep` flags are the final rank pattern).
+    /// Writes the final trainable state and trainer state (and the allocator's state: for
+    /// AdaLoRA, its `adalora.<k>.keep` flags are the final rank pattern).
     pub fn save_final(
         &self,
         state: &TrainerState,
         model: &TaskModel,
-        adalora: Option<&AdaLoraAllocator>,
+        allocator: Option<&dyn CheckpointedState>,
     ) -> anyhow::Result<()> {
         checkpoint::write_checkpoint(&self.checkpoints().join("final"), |tmp| {
             Tensor::write_safetensors(&model.state(), tmp.join("model.safetensors"))?;
             std::fs::write(tmp.join("state.json"), serde_json::to_string_pretty(state)?)?;
-            save_adalora(tmp, adalora)
+            save_allocator(tmp, allocator)
         })
     }
 
-    /// Restores AdaLoRA's allocator state from the checkpoint `dir` (resuming).
-    pub fn load_adalora(&self, dir: &Path, adalora: &mut AdaLoraAllocator) -> anyhow::Result<()> {
-        let tensors = read_tensors(&dir.join(ADALORA_FILE))?;
-        adalora
-            .load_state(&tensors)
-            .with_context(|| format!("loading {}", dir.join(ADALORA_FILE).display()))
+    /// Restores an allocator's state from the checkpoint `dir` (resuming).
+    pub fn load_allocator(
+        &self,
+        dir: &Path,
+        allocator: &mut dyn CheckpointedState,
+    ) -> anyhow::Result<()> {
+        let path = dir.join(allocator.file_name());
+        let tensors = read_tensors(&path)?;
+        allocator
+            .load_tensors(&tensors)
+            .with_context(|| format!("loading {}", path.display()))
     }
 
     /// Draws `plots/ranks.png` (when there are SVD adapters) and `plots/loss.png`.
@@ -257,11 +263,48 @@ impl RunDir {
 }
 
 /// AdaLoRA's allocator state inside a checkpoint folder.
-const ADALORA_FILE: &str = "adalora.safetensors";
+/// State an allocator keeps besides the model and the optimiser (sensitivity EMAs, AdaLoRA's
+/// rank pattern), written into every checkpoint so a resumed run continues exactly.
+pub trait CheckpointedState {
+    /// The file inside a checkpoint folder.
+    fn file_name(&self) -> &'static str;
+    /// The tensors to write (CPU copies).
+    fn tensors(&self) -> Vec<(String, Tensor)>;
+    /// Restores tensors written by [`CheckpointedState::tensors`] for the same adapters.
+    fn load_tensors(&mut self, tensors: &HashMap<String, Tensor>) -> anyhow::Result<()>;
+}
 
-fn save_adalora(dir: &Path, adalora: Option<&AdaLoraAllocator>) -> anyhow::Result<()> {
-    if let Some(a) = adalora {
-        Tensor::write_safetensors(&a.state(), dir.join(ADALORA_FILE))?;
+impl CheckpointedState for AdaLoraAllocator {
+    fn file_name(&self) -> &'static str {
+        "adalora.safetensors"
+    }
+    fn tensors(&self) -> Vec<(String, Tensor)> {
+        self.state()
+    }
+    fn load_tensors(&mut self, tensors: &HashMap<String, Tensor>) -> anyhow::Result<()> {
+        Ok(self.load_state(tensors)?)
+    }
+}
+
+/// FlexLoRA's `importance = "sensitivity"` EMAs, in `sensitivity.safetensors`.
+impl CheckpointedState for SensitivityEma {
+    fn file_name(&self) -> &'static str {
+        "sensitivity.safetensors"
+    }
+    fn tensors(&self) -> Vec<(String, Tensor)> {
+        self.state("sensitivity")
+    }
+    fn load_tensors(&mut self, tensors: &HashMap<String, Tensor>) -> anyhow::Result<()> {
+        crate::io::check_saved_tensors(&self.tensors(), tensors, "the sensitivity EMAs")
+            .map_err(anyhow::Error::msg)?;
+        self.load_state("sensitivity", tensors)
+            .map_err(anyhow::Error::msg)
+    }
+}
+
+fn save_allocator(dir: &Path, allocator: Option<&dyn CheckpointedState>) -> anyhow::Result<()> {
+    if let Some(a) = allocator {
+        Tensor::write_safetensors(&a.tensors(), dir.join(a.file_name()))?;
     }
     Ok(())
 }
