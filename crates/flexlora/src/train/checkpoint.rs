@@ -45,6 +45,9 @@ pub struct TrainerState {
     pub validation_history: Vec<(u64, f64)>,
     /// Training time so far, in seconds (evaluation excluded).
     pub train_seconds: f64,
+    /// The part of `train_seconds` spent in the rank allocators.
+    #[serde(default)]
+    pub allocation_seconds: f64,
 }
 
 const FILES: [&str; 3] = ["model.safetensors", "optimiser.safetensors", "state.json"];

@@ -16,14 +16,14 @@ pub mod commands;
 pub mod eval;
 pub mod model;
 pub mod run;
+pub mod step;
 
 use crate::adalora::AdaLoraAllocator;
-use crate::adapter::orthogonality_regulariser;
-use crate::allocation::{AllocationPolicy, apply_allocation};
+use crate::allocation::AllocationPolicy;
 use crate::config::{Config, MethodName};
 use crate::data::{self, Example};
 use crate::models::TextTokenizer;
-use crate::optim::{AdamW, AdamWConfig, learning_rate};
+use crate::optim::{AdamW, AdamWConfig};
 use crate::sensitivity::SensitivityEma;
 use anyhow::{Context, bail};
 use checkpoint::{BestEpoch, TrainerState};
@@ -77,6 +77,11 @@ pub struct Summary {
     pub wall_seconds: f64,
     /// Optimiser steps per second of training time.
     pub steps_per_second: f64,
+    /// Seconds of the training time spent in the rank allocators (AdaLoRA's sensitivity
+    /// updates and masking, FlexLoRA's scoring and allocation); 0 in runs made before it was
+    /// recorded.
+    #[serde(default)]
+    pub allocation_seconds: f64,
     /// The seed.
     pub seed: u64,
 }
@@ -155,7 +160,6 @@ pub fn train(config: &Config, opts: &TrainOptions) -> anyhow::Result<Summary> {
     for group in model.optimiser_groups() {
         optimiser.add_group(&group);
     }
-    let schedule = config.adjustment_schedule(total_steps);
     let policy = AllocationPolicy {
         importance: config.allocation.importance,
         exact_spectrum: config.allocation.exact_spectrum,
@@ -164,7 +168,7 @@ pub fn train(config: &Config, opts: &TrainOptions) -> anyhow::Result<Summary> {
         init_std: config.allocation.new_direction_std,
     };
 
-    let mut adalora = match config.method.name {
+    let adalora = match config.method.name {
         MethodName::Adalora => {
             let adapters = model.svd_adapters();
             let a = &config.allocation;
@@ -178,7 +182,7 @@ pub fn train(config: &Config, opts: &TrainOptions) -> anyhow::Result<Summary> {
         _ => None,
     };
     // FlexLoRA's sensitivity ablation: AdaLoRA's EMAs, updated at the same point of every step.
-    let mut sensitivity = match (config.method.name, config.allocation.importance) {
+    let sensitivity = match (config.method.name, config.allocation.importance) {
         (MethodName::Flexlora, Importance::Sensitivity) => {
             let a = &config.allocation;
             Some(
@@ -192,12 +196,19 @@ pub fn train(config: &Config, opts: &TrainOptions) -> anyhow::Result<Summary> {
         }
         _ => None,
     };
+    let mut allocators = step::Allocators {
+        adalora,
+        sensitivity,
+    };
+    let plan = step::StepPlan {
+        config,
+        total_steps,
+        schedule: config.adjustment_schedule(total_steps),
+        policy,
+    };
     // The allocator state a checkpoint carries (at most one of the two exists).
-    fn allocator_state<'a>(
-        adalora: &'a Option<AdaLoraAllocator>,
-        sensitivity: &'a Option<SensitivityEma>,
-    ) -> Option<&'a dyn CheckpointedState> {
-        match (adalora, sensitivity) {
+    fn allocator_state(a: &step::Allocators) -> Option<&dyn CheckpointedState> {
+        match (&a.adalora, &a.sensitivity) {
             (Some(a), _) => Some(a),
             (None, Some(s)) => Some(s),
             (None, None) => None,
@@ -219,10 +230,10 @@ pub fn train(config: &Config, opts: &TrainOptions) -> anyhow::Result<Summary> {
     let mut state = match run.latest_checkpoint(opts.resume)? {
         Some(dir) => {
             let state = run.load_checkpoint(&dir, &mut model, &mut optimiser)?;
-            if let Some(a) = adalora.as_mut() {
+            if let Some(a) = allocators.adalora.as_mut() {
                 run.load_allocator(&dir, a)?;
             }
-            if let Some(s) = sensitivity.as_mut() {
+            if let Some(s) = allocators.sensitivity.as_mut() {
                 run.load_allocator(&dir, s)?;
             }
             if !opts.quiet {
@@ -236,11 +247,11 @@ pub fn train(config: &Config, opts: &TrainOptions) -> anyhow::Result<Summary> {
         }
         None => {
             let state = TrainerState {
-                rank_history: vec![(0, ranks(&model, adalora.as_ref()))],
+                rank_history: vec![(0, ranks(&model, allocators.adalora.as_ref()))],
                 ..Default::default()
             };
             run.log_ranks(
-                &serde_json::json!({"step": 0, "ranks": ranks(&model, adalora.as_ref()), "initial": true}),
+                &serde_json::json!({"step": 0, "ranks": ranks(&model, allocators.adalora.as_ref()), "initial": true}),
             )?;
             state
         }
@@ -259,7 +270,6 @@ pub fn train(config: &Config, opts: &TrainOptions) -> anyhow::Result<Summary> {
         )
     };
     bar.set_position(state.step);
-    let gamma = config.method.orth_reg_weight;
     let mut window_loss = (0.0f64, 0u64);
     let mut last_checkpoint_step = state.step;
 
@@ -272,28 +282,15 @@ pub fn train(config: &Config, opts: &TrainOptions) -> anyhow::Result<Summary> {
             tch::manual_seed(step_seed(tc.seed, state.step));
             let first = state.micro_in_epoch;
             let last = (first + accum).min(micro_per_epoch);
-            let n_micro = (last - first) as f64;
-            let mut step_loss = 0.0;
+            let mut micro_batches = Vec::with_capacity((last - first) as usize);
             for k in first..last {
                 let examples: Vec<&Example> = micro[k as usize]
                     .iter()
                     .map(|&i| &splits.train[i])
                     .collect();
-                let (input, labels) = batch_tensors(&tokenizer, &examples, device)?;
-                let (loss, _) = model.loss(&input, &labels, true);
-                let mut total = loss.shallow_clone();
-                if gamma > 0.0 {
-                    if let Some(r) = orthogonality_regulariser(
-                        model.svd_adapters(),
-                        gamma,
-                        config.method.orth_norm,
-                    ) {
-                        total += r;
-                    }
-                }
-                (total / n_micro).backward();
-                step_loss += loss.double_value(&[]) / n_micro;
+                micro_batches.push(batch_tensors(&tokenizer, &examples, device)?);
             }
+            let step_loss = step::accumulate_gradients(&model, &micro_batches, config);
             if !step_loss.is_finite() {
                 let last_good = match checkpoint::latest_valid(&run.checkpoints()) {
                     Some(dir) => format!("the last good checkpoint is {}", dir.display()),
@@ -306,22 +303,19 @@ pub fn train(config: &Config, opts: &TrainOptions) -> anyhow::Result<Summary> {
                     state.epoch + 1
                 );
             }
-            let grad_norm = optimiser.clip_grad_norm(o.clip_norm);
-            let lr = learning_rate(o.lr_schedule, o.lr, state.step, total_steps, o.warmup_ratio);
-            optimiser.step(lr);
-            // AdaLoRA between the optimiser step and zero_grad, as PEFT's update_and_allocate,
-            // whose global_step counts the steps before this one.
-            let mask_record = match adalora.as_mut() {
-                Some(a) => a.update_and_allocate(&mut model.svd_adapters_mut(), state.step)?,
-                None => None,
-            };
-            if let Some(s) = sensitivity.as_mut() {
-                s.update(&model.svd_adapters_mut());
-            }
-            optimiser.zero_grad();
+            let update = step::apply_update(
+                &mut model,
+                &mut optimiser,
+                &mut allocators,
+                &plan,
+                state.step,
+                step_seed(tc.seed, (state.step + 1) | ALLOCATION_SALT),
+            )?;
+            let (grad_norm, lr) = (update.grad_norm, update.lr);
+            state.allocation_seconds += update.allocation_seconds;
             state.step += 1;
             state.micro_in_epoch = last;
-            if let Some(record) = mask_record {
+            if let Some(record) = update.mask {
                 if state
                     .rank_history
                     .last()
@@ -331,24 +325,11 @@ pub fn train(config: &Config, opts: &TrainOptions) -> anyhow::Result<Summary> {
                 }
                 run.log_ranks(&serde_json::to_value(&record)?)?;
             }
-
-            if config.method.name == MethodName::Flexlora {
-                if let Some(b) = schedule.moves_at(state.step) {
-                    tch::manual_seed(step_seed(tc.seed, state.step | ALLOCATION_SALT));
-                    let mut adapters = model.svd_adapters_mut();
-                    let record = apply_allocation(
-                        &mut adapters,
-                        &mut optimiser,
-                        &policy,
-                        sensitivity.as_mut(),
-                        state.step,
-                        b,
-                    )?;
-                    if !record.pruned.is_empty() || !record.expanded.is_empty() {
-                        state.rank_history.push((state.step, record.ranks.clone()));
-                    }
-                    run.log_ranks(&serde_json::to_value(&record)?)?;
+            if let Some(record) = update.allocation {
+                if !record.pruned.is_empty() || !record.expanded.is_empty() {
+                    state.rank_history.push((state.step, record.ranks.clone()));
                 }
+                run.log_ranks(&serde_json::to_value(&record)?)?;
             }
             window_loss = (window_loss.0 + step_loss, window_loss.1 + 1);
             if state.step % tc.log_every == 0 || state.step == total_steps {
@@ -357,8 +338,8 @@ pub fn train(config: &Config, opts: &TrainOptions) -> anyhow::Result<Summary> {
                 run.log_metrics(&serde_json::json!({
                     "step": state.step, "epoch": state.epoch + 1, "loss": mean, "lr": lr,
                     "grad_norm": grad_norm,
-                    "total_rank": ranks(&model, adalora.as_ref()).iter().sum::<usize>(),
-                    "trainable_parameters": trainable(&model, adalora.as_ref()),
+                    "total_rank": ranks(&model, allocators.adalora.as_ref()).iter().sum::<usize>(),
+                    "trainable_parameters": trainable(&model, allocators.adalora.as_ref()),
                 }))?;
                 bar.set_message(format!("loss {mean:.4}"));
                 window_loss = (0.0, 0);
@@ -369,12 +350,7 @@ pub fn train(config: &Config, opts: &TrainOptions) -> anyhow::Result<Summary> {
             // a checkpoint's step never splits an epoch end from its validation record.
             let epoch_ends = state.micro_in_epoch >= micro_per_epoch;
             if !epoch_ends && state.step - last_checkpoint_step >= tc.checkpoint_every {
-                run.save_checkpoint(
-                    &state,
-                    &model,
-                    &optimiser,
-                    allocator_state(&adalora, &sensitivity),
-                )?;
+                run.save_checkpoint(&state, &model, &optimiser, allocator_state(&allocators))?;
                 last_checkpoint_step = state.step;
             }
         }
@@ -410,17 +386,12 @@ pub fn train(config: &Config, opts: &TrainOptions) -> anyhow::Result<Summary> {
             }
             state.epoch += 1;
             state.micro_in_epoch = 0;
-            run.save_checkpoint(
-                &state,
-                &model,
-                &optimiser,
-                allocator_state(&adalora, &sensitivity),
-            )?;
+            run.save_checkpoint(&state, &model, &optimiser, allocator_state(&allocators))?;
             last_checkpoint_step = state.step;
         }
     }
     bar.finish_and_clear();
-    run.save_final(&state, &model, allocator_state(&adalora, &sensitivity))?;
+    run.save_final(&state, &model, allocator_state(&allocators))?;
 
     // Test with the best validation epoch's parameters (the final state when there was no
     // validation split).
@@ -445,7 +416,7 @@ pub fn train(config: &Config, opts: &TrainOptions) -> anyhow::Result<Summary> {
     run.plots(
         &state,
         &matrix_labels,
-        match adalora {
+        match allocators.adalora {
             Some(_) => config.method.r_init,
             None => config.method.r_max,
         },
@@ -458,12 +429,13 @@ pub fn train(config: &Config, opts: &TrainOptions) -> anyhow::Result<Summary> {
         validation_metric: best.metric,
         best_epoch: best.epoch + 1,
         examples: [n_train, splits.validation.len(), splits.test.len()],
-        trainable_parameters: trainable(&model, adalora.as_ref()),
-        total_rank: ranks(&model, adalora.as_ref()).iter().sum(),
+        trainable_parameters: trainable(&model, allocators.adalora.as_ref()),
+        total_rank: ranks(&model, allocators.adalora.as_ref()).iter().sum(),
         steps: state.step,
         train_seconds: state.train_seconds,
         wall_seconds: wall.elapsed().as_secs_f64(),
         steps_per_second: state.step as f64 / state.train_seconds.max(1e-9),
+        allocation_seconds: state.allocation_seconds,
         seed: tc.seed,
     };
     // The adapter in Hugging Face PEFT's format, for use without flexlora (full runs: `merge`).

@@ -1,0 +1,135 @@
+//! One optimiser step, shared by the trainer and `flexlora bench` (so the benchmark times the
+//! code users run): gradients of the task loss plus the orthogonality regulariser over the
+//! micro-batches, clipping, AdamW, then AdaLoRA's masking or FlexLoRA's allocation.
+
+use crate::adalora::{AdaLoraAllocator, MaskRecord};
+use crate::adapter::orthogonality_regulariser;
+use crate::allocation::{AllocationPolicy, AllocationRecord, apply_allocation};
+use crate::config::{Config, MethodName};
+use crate::models::EncoderInput;
+use crate::optim::{AdamW, learning_rate};
+use crate::sensitivity::SensitivityEma;
+use flexlora_core::AdjustmentSchedule;
+use std::time::Instant;
+use tch::Tensor;
+
+use super::model::TaskModel;
+
+/// The allocators a run carries besides the optimiser (at most one is present).
+#[derive(Debug, Default)]
+pub struct Allocators {
+    /// AdaLoRA's masking (`method.name = "adalora"`).
+    pub adalora: Option<AdaLoraAllocator>,
+    /// The sensitivity EMAs of FlexLoRA's `importance = "sensitivity"`.
+    pub sensitivity: Option<SensitivityEma>,
+}
+
+/// What does not change from step to step.
+#[derive(Debug, Clone)]
+pub struct StepPlan<'a> {
+    /// The run's config (method, optimiser, regulariser, seed).
+    pub config: &'a Config,
+    /// `T`.
+    pub total_steps: u64,
+    /// FlexLoRA's adjustment steps and `b(t)`.
+    pub schedule: AdjustmentSchedule,
+    /// FlexLoRA's allocation policy.
+    pub policy: AllocationPolicy,
+}
+
+/// What one update did.
+#[derive(Debug)]
+pub struct Update {
+    /// The global gradient norm before clipping.
+    pub grad_norm: f64,
+    /// The learning rate used.
+    pub lr: f64,
+    /// AdaLoRA's masking by scores, when one happened.
+    pub mask: Option<MaskRecord>,
+    /// FlexLoRA's allocation, when the step was an adjustment step.
+    pub allocation: Option<AllocationRecord>,
+    /// Seconds spent in the allocators (sensitivity updates, masking, allocation).
+    pub allocation_seconds: f64,
+}
+
+/// Forward and backward over the micro-batches of one optimiser step; gradients accumulate in
+/// the parameters (each micro-batch's loss divided by their number). Returns the mean task
+/// loss (without the regulariser).
+pub fn accumulate_gradients(
+    model: &TaskModel,
+    micro_batches: &[(EncoderInput, Tensor)],
+    config: &Config,
+) -> f64 {
+    let gamma = config.method.orth_reg_weight;
+    let n = micro_batches.len().max(1) as f64;
+    let mut step_loss = 0.0;
+    for (input, labels) in micro_batches {
+        let (loss, _) = model.loss(input, labels, true);
+        let mut total = loss.shallow_clone();
+        if gamma > 0.0 {
+            if let Some(r) =
+                orthogonality_regulariser(model.svd_adapters(), gamma, config.method.orth_norm)
+            {
+                total += r;
+            }
+        }
+        (total / n).backward();
+        step_loss += loss.double_value(&[]) / n;
+    }
+    step_loss
+}
+
+/// Clipping, the AdamW step with the scheduled learning rate, the allocators, `zero_grad`, and
+/// for FlexLoRA the allocation when `step + 1` is an adjustment step. `step` counts the
+/// optimiser steps made before this one; `allocation_seed` seeds the generator for new
+/// directions.
+pub fn apply_update(
+    model: &mut TaskModel,
+    optimiser: &mut AdamW,
+    allocators: &mut Allocators,
+    plan: &StepPlan<'_>,
+    step: u64,
+    allocation_seed: i64,
+) -> anyhow::Result<Update> {
+    let o = &plan.config.optimiser;
+    let grad_norm = optimiser.clip_grad_norm(o.clip_norm);
+    let lr = learning_rate(o.lr_schedule, o.lr, step, plan.total_steps, o.warmup_ratio);
+    optimiser.step(lr);
+    let started = Instant::now();
+    // AdaLoRA between the optimiser step and zero_grad, as PEFT's update_and_allocate, whose
+    // global_step counts the steps before this one.
+    let mask = match allocators.adalora.as_mut() {
+        Some(a) => a.update_and_allocate(&mut model.svd_adapters_mut(), step)?,
+        None => None,
+    };
+    if let Some(s) = allocators.sensitivity.as_mut() {
+        s.update(&model.svd_adapters_mut());
+    }
+    let mut allocation_seconds = started.elapsed().as_secs_f64();
+    optimiser.zero_grad();
+    let done = step + 1;
+    let mut allocation = None;
+    if plan.config.method.name == MethodName::Flexlora {
+        if let Some(b) = plan.schedule.moves_at(done) {
+            let started = Instant::now();
+            tch::manual_seed(allocation_seed);
+            let mut adapters = model.svd_adapters_mut();
+            allocation = Some(apply_allocation(
+                &mut adapters,
+                optimiser,
+                &plan.policy,
+                allocators.sensitivity.as_mut(),
+                done,
+                b,
+            )?);
+            allocation_seconds += started.elapsed().as_secs_f64();
+        }
+    }
+    Ok(Update {
+        grad_norm,
+        lr,
+        mask,
+        allocation,
+        allocation_seconds,
+    })
+}
