@@ -209,11 +209,84 @@ pub enum Command {
         #[arg(long)]
         quiet: bool,
     },
+    /// Benchmark against transformers + PEFT on this machine: training step at fixed shapes,
+    /// GEMM efficiency, inference, and the whole main job (time and peak memory).
+    Bench {
+        /// The main job's config.
+        #[arg(long, default_value = "configs/default.toml")]
+        config: PathBuf,
+        /// Override a config value on both sides, e.g. --set method.r_init=4 (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+        /// Short mode: a few steps and 3-step jobs, to check that both sides run.
+        #[arg(long)]
+        quick: bool,
+        /// Alternating rounds of the step benchmark.
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// Timed steps per side and round.
+        #[arg(long, default_value_t = 5)]
+        steps: usize,
+        /// Batch size of the step benchmark.
+        #[arg(long, default_value_t = 32)]
+        batch: usize,
+        /// Padded sequence length of the step benchmark.
+        #[arg(long, default_value_t = 64)]
+        seq: usize,
+        /// Threads on both sides (default: every core).
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Work folder (logs, the jobs' runs, bench.json).
+        #[arg(long, default_value = "runs/bench")]
+        workdir: PathBuf,
+        /// Also write the report as Markdown here, e.g. docs/benchmarks.md.
+        #[arg(long)]
+        markdown: Option<PathBuf>,
+        /// The Python with torch, transformers and PEFT.
+        #[arg(long, default_value = ".venv/bin/python")]
+        python: PathBuf,
+        /// Skip the whole-job comparison.
+        #[arg(long)]
+        skip_jobs: bool,
+    },
 }
 
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Bench {
+            config,
+            overrides,
+            quick,
+            rounds,
+            steps,
+            batch,
+            seq,
+            threads,
+            workdir,
+            markdown,
+            python,
+            skip_jobs,
+        } => {
+            let opts = crate::bench::BenchOptions {
+                config,
+                overrides,
+                quick,
+                rounds: if quick { 1 } else { rounds.max(1) },
+                steps: if quick { 2 } else { steps.max(1) },
+                batch,
+                seq,
+                threads,
+                workdir,
+                markdown,
+                python,
+                skip_jobs,
+                command_line: command_line(),
+            };
+            let report = crate::bench::bench(&opts)?;
+            print!("{}", report.markdown());
+            Ok(())
+        }
         Command::Ablate {
             config,
             methods,
@@ -227,10 +300,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             report_only,
             quiet,
         } => {
-            let command_line = std::iter::once("flexlora".to_string())
-                .chain(std::env::args().skip(1).map(|a| shell_word(&a)))
-                .collect::<Vec<_>>()
-                .join(" ");
+            let command_line = command_line();
             let report = crate::ablate::ablate(&crate::ablate::AblateOptions {
                 config,
                 overrides,
@@ -403,6 +473,14 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
 
 fn toml_string(s: &str) -> String {
     toml::Value::String(s.to_string()).to_string()
+}
+
+/// This process's command line as `flexlora …`, quoted for a shell.
+fn command_line() -> String {
+    std::iter::once("flexlora".to_string())
+        .chain(std::env::args().skip(1).map(|a| shell_word(&a)))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// `arg` quoted for a POSIX shell when it needs it (for the command line in reports).

@@ -10,6 +10,7 @@ pub mod ablate;
 pub mod adalora;
 pub mod adapter;
 pub mod allocation;
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod data;

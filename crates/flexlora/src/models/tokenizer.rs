@@ -29,6 +29,7 @@ pub struct TextTokenizer {
     inner: Tokenizer,
     pad_id: i64,
     max_length: usize,
+    pad_to: usize,
 }
 
 impl TextTokenizer {
@@ -62,7 +63,15 @@ impl TextTokenizer {
             inner,
             pad_id,
             max_length,
+            pad_to: 0,
         })
+    }
+
+    /// Pads every batch to at least `len` tokens (fixed shapes, e.g. for benchmarks); `0`
+    /// (the default) pads each batch to its own longest member only.
+    pub fn pad_to(mut self, len: usize) -> Self {
+        self.pad_to = len;
+        self
     }
 
     /// The truncation length.
@@ -106,6 +115,7 @@ impl TextTokenizer {
             .map(|e| e.get_ids().len())
             .max()
             .unwrap_or(0)
+            .max(self.pad_to)
             .max(1);
         let batch = encodings.len();
         let mut ids = vec![self.pad_id; batch * len];

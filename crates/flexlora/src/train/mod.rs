@@ -59,7 +59,8 @@ pub struct Summary {
     pub metric: String,
     /// Test metric of the best validation epoch.
     pub test_metric: f64,
-    /// Best validation metric.
+    /// Best validation metric (`NaN`, written as `null`, when no epoch ended).
+    #[serde(deserialize_with = "null_as_nan")]
     pub validation_metric: f64,
     /// 0-based epoch with the best validation metric.
     pub best_epoch: u64,
@@ -82,8 +83,32 @@ pub struct Summary {
     /// recorded.
     #[serde(default)]
     pub allocation_seconds: f64,
+    /// Peak resident memory of the process in MiB (`VmHWM`; 0 where the platform has no
+    /// `/proc/self/status`, and in runs made before it was recorded).
+    #[serde(default)]
+    pub peak_rss_mib: f64,
     /// The seed.
     pub seed: u64,
+}
+
+/// This process's peak resident memory in MiB (`VmHWM` of `/proc/self/status`: per address
+/// space, so it starts afresh at `exec`), or 0 where unavailable.
+pub fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// JSON has no NaN: serde_json writes it as `null`, read back here as NaN.
+fn null_as_nan<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    let v: Option<f64> = serde::Deserialize::deserialize(d)?;
+    Ok(v.unwrap_or(f64::NAN))
 }
 
 /// Derives the generator seed of one step (SplitMix64 finaliser of `seed` and `salt`).
@@ -436,6 +461,7 @@ pub fn train(config: &Config, opts: &TrainOptions) -> anyhow::Result<Summary> {
         wall_seconds: wall.elapsed().as_secs_f64(),
         steps_per_second: state.step as f64 / state.train_seconds.max(1e-9),
         allocation_seconds: state.allocation_seconds,
+        peak_rss_mib: peak_rss_mib(),
         seed: tc.seed,
     };
     // The adapter in Hugging Face PEFT's format, for use without flexlora (full runs: `merge`).

@@ -1,0 +1,248 @@
+//! The GEMM work of one BERT training step, counted from the model's shapes, and the machine's
+//! GEMM rate measured on exactly those shapes.
+
+use std::time::Instant;
+use tch::{Device, Kind, Tensor};
+
+/// One GEMM shape `[m, k] × [k, n]` and how often a training step runs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GemmShape {
+    /// Rows of the left operand.
+    pub m: i64,
+    /// The shared dimension.
+    pub k: i64,
+    /// Columns of the right operand.
+    pub n: i64,
+    /// Times per training step.
+    pub count: u64,
+}
+
+impl GemmShape {
+    /// `2 m k n` per run.
+    pub fn flops(&self) -> f64 {
+        2.0 * self.m as f64 * self.k as f64 * self.n as f64
+    }
+}
+
+/// The dimensions that fix a BERT step's GEMM work.
+#[derive(Debug, Clone, Copy)]
+pub struct StepDims {
+    /// Batch size.
+    pub batch: i64,
+    /// Sequence length (every sequence padded to it).
+    pub seq: i64,
+    /// Hidden size.
+    pub hidden: i64,
+    /// Feed-forward size.
+    pub intermediate: i64,
+    /// Encoder layers.
+    pub layers: i64,
+    /// Attention heads.
+    pub heads: i64,
+    /// Adapter rank on every linear layer (0: none).
+    pub rank: i64,
+}
+
+/// The step's GEMMs: forward of every frozen linear layer, their input gradients (not for
+/// layer 0's query/key/value, whose input, the frozen embeddings, needs none), no weight
+/// gradients (the weights are frozen); attention's `QKᵀ` and `AV` forward and both operands'
+/// gradients; the adapters' two thin GEMMs forward, their weight gradients and their share of
+/// the input gradient. The classifier and the elementwise work are left out.
+pub fn step_gemms(d: &StepDims) -> Vec<GemmShape> {
+    let m = d.batch * d.seq;
+    let (h, f, l) = (d.hidden, d.intermediate, d.layers as u64);
+    let square = 4 * l; // query, key, value, attention output
+    let mut v = vec![
+        // Forward.
+        GemmShape {
+            m,
+            k: h,
+            n: h,
+            count: square,
+        },
+        GemmShape {
+            m,
+            k: h,
+            n: f,
+            count: l,
+        },
+        GemmShape {
+            m,
+            k: f,
+            n: h,
+            count: l,
+        },
+        // Input gradients: dX = dY W (the shapes swap k and n).
+        GemmShape {
+            m,
+            k: h,
+            n: h,
+            count: square - 3,
+        },
+        GemmShape {
+            m,
+            k: f,
+            n: h,
+            count: l,
+        },
+        GemmShape {
+            m,
+            k: h,
+            n: f,
+            count: l,
+        },
+    ];
+    let head_dim = h / d.heads.max(1);
+    let bh = (d.batch * d.heads) as u64;
+    // Per (batch, head): QKᵀ [seq, d]×[d, seq] and AV [seq, seq]×[seq, d]; backward needs two
+    // GEMMs of the same size for each.
+    v.push(GemmShape {
+        m: d.seq,
+        k: head_dim,
+        n: d.seq,
+        count: 3 * bh * l,
+    });
+    v.push(GemmShape {
+        m: d.seq,
+        k: d.seq,
+        n: head_dim,
+        count: 3 * bh * l,
+    });
+    if d.rank > 0 {
+        let r = d.rank;
+        // Each adapted linear (in → out): x Aᵀ [m,in]×[in,r], then ·Bᵀ [m,r]×[r,out]; weight
+        // gradients dA (r×in from [r,m]×[m,in]) and dB; input gradient through the adapter.
+        for (inp, out, count) in [(h, h, square), (h, f, l), (f, h, l)] {
+            v.push(GemmShape {
+                m,
+                k: inp,
+                n: r,
+                count,
+            });
+            v.push(GemmShape {
+                m,
+                k: r,
+                n: out,
+                count,
+            });
+            v.push(GemmShape {
+                m: r,
+                k: m,
+                n: inp,
+                count,
+            });
+            v.push(GemmShape {
+                m: out,
+                k: m,
+                n: r,
+                count,
+            });
+            v.push(GemmShape {
+                m,
+                k: out,
+                n: r,
+                count,
+            });
+            v.push(GemmShape {
+                m,
+                k: r,
+                n: inp,
+                count,
+            });
+        }
+    }
+    v
+}
+
+/// Total FLOPs of `shapes`.
+pub fn total_flops(shapes: &[GemmShape]) -> f64 {
+    shapes.iter().map(|s| s.flops() * s.count as f64).sum()
+}
+
+/// The measured rate of each distinct large shape and the step-weighted peak.
+#[derive(Debug, Clone)]
+pub struct GemmPeak {
+    /// `(m, k, n, GFLOP/s)` of each shape measured (best of the repeats).
+    pub per_shape: Vec<(i64, i64, i64, f64)>,
+    /// The step's GEMM FLOPs divided by the time the measured GEMMs would take back to back:
+    /// the rate at which this machine's GEMM library runs this step's GEMM mix.
+    pub gflops: f64,
+}
+
+/// Measures `out = a × b` (f32, `device`) for every shape of `shapes`, best of `repeats`
+/// timed runs after one warm-up, and weights the rates by the step's counts. `quick` times a
+/// single call per shape (a check that it runs, not a measurement).
+pub fn measure_peak(shapes: &[GemmShape], repeats: usize, quick: bool, device: Device) -> GemmPeak {
+    let mut distinct: Vec<(i64, i64, i64)> = Vec::new();
+    for s in shapes {
+        if !distinct.contains(&(s.m, s.k, s.n)) {
+            distinct.push((s.m, s.k, s.n));
+        }
+    }
+    let mut per_shape = Vec::new();
+    let mut seconds_for_step = 0.0;
+    tch::no_grad(|| {
+        for &(m, k, n) in &distinct {
+            let a = Tensor::randn([m, k], (Kind::Float, device));
+            let b = Tensor::randn([k, n], (Kind::Float, device));
+            let out = Tensor::empty([m, n], (Kind::Float, device));
+            // Enough calls per timing to last a few milliseconds.
+            let flops = 2.0 * (m * k * n) as f64;
+            let calls = if quick {
+                1
+            } else {
+                ((5e8 / flops).ceil() as usize).clamp(1, 10_000)
+            };
+            let _ = a.mm_out(&out, &b);
+            let mut best = f64::INFINITY;
+            for _ in 0..repeats.max(1) {
+                let started = Instant::now();
+                for _ in 0..calls {
+                    let _ = a.mm_out(&out, &b);
+                }
+                let _ = out.sum(Kind::Float).double_value(&[]);
+                best = best.min(started.elapsed().as_secs_f64() / calls as f64);
+            }
+            per_shape.push((m, k, n, flops / best / 1e9));
+            let count: u64 = shapes
+                .iter()
+                .filter(|s| (s.m, s.k, s.n) == (m, k, n))
+                .map(|s| s.count)
+                .sum();
+            seconds_for_step += best * count as f64;
+        }
+    });
+    GemmPeak {
+        per_shape,
+        gflops: total_flops(shapes) / seconds_for_step.max(1e-12) / 1e9,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// all-MiniLM-L6-v2 at batch 32 × 64 tokens: the "about 91 GFLOP" per step.
+    #[test]
+    fn minilm_step_is_about_91_gflop() {
+        let d = StepDims {
+            batch: 32,
+            seq: 64,
+            hidden: 384,
+            intermediate: 1536,
+            layers: 6,
+            heads: 12,
+            rank: 0,
+        };
+        // Linear forward: 2 · 2048 · (4 · 384² + 2 · 384 · 1536) · 6 = 43.49 GFLOP; input
+        // gradients the same less layer 0's q, k, v (3 · 2 · 2048 · 384²) = 41.67; attention
+        // 3 · 2 · (2 · 64 · 32 · 64) · 32 · 12 · 6 = 3.62.
+        let g = total_flops(&step_gemms(&d)) / 1e9;
+        assert!((g - 88.785).abs() < 0.001, "{g}");
+        let with_adapters = total_flops(&step_gemms(&StepDims { rank: 8, ..d })) / 1e9;
+        assert!(
+            with_adapters > g && with_adapters < g * 1.05,
+            "{with_adapters}"
+        );
+    }
+}
