@@ -161,7 +161,11 @@ fn adapter_gradients_through_the_whole_model_match_transformers() {
     let tok = TextTokenizer::from_folder(&folder, MAX_LEN).unwrap();
     let input = tok.encode(&TEXTS, None, CPU).unwrap();
     let hidden = bert.forward(&input, false);
-    let gy = hidden.randn_like();
+    // An upstream gradient on real tokens only, as from every head (mean pooling over the
+    // mask, [CLS]): padding positions' outputs feed no loss (flexlora leaves them zero, while
+    // transformers computes unused values there that would otherwise pass gradients back).
+    let real = input.attention_mask.to_kind(Kind::Float).unsqueeze(-1);
+    let gy = hidden.randn_like() * real;
     (&hidden * &gy).sum(Kind::Float).backward();
 
     let mut named: Vec<(String, Tensor)> = vec![("gy".into(), gy.shallow_clone())];

@@ -31,6 +31,10 @@ pub struct StepDims {
     pub batch: i64,
     /// Sequence length (every sequence padded to it).
     pub seq: i64,
+    /// Tokens the per-token GEMMs (every linear layer) run on: `batch · seq` for a padded
+    /// implementation (transformers), the real tokens only for flexlora, which packs them
+    /// (see [`crate::models::BertModel::forward`]).
+    pub tokens: i64,
     /// Hidden size.
     pub hidden: i64,
     /// Feed-forward size.
@@ -43,13 +47,14 @@ pub struct StepDims {
     pub rank: i64,
 }
 
-/// The step's GEMMs: forward of every frozen linear layer, their input gradients (not for
+/// The step's GEMMs (linear layers on `tokens` rows, attention at the padded shape): forward
+/// of every frozen linear layer, their input gradients (not for
 /// layer 0's query/key/value, whose input, the frozen embeddings, needs none), no weight
 /// gradients (the weights are frozen); attention's `QKᵀ` and `AV` forward and both operands'
 /// gradients; the adapters' two thin GEMMs forward, their weight gradients and their share of
 /// the input gradient. The classifier and the elementwise work are left out.
 pub fn step_gemms(d: &StepDims) -> Vec<GemmShape> {
-    let m = d.batch * d.seq;
+    let m = d.tokens;
     let (h, f, l) = (d.hidden, d.intermediate, d.layers as u64);
     let square = 4 * l; // query, key, value, attention output
     let mut v = vec![
@@ -228,6 +233,7 @@ mod tests {
         let d = StepDims {
             batch: 32,
             seq: 64,
+            tokens: 32 * 64,
             hidden: 384,
             intermediate: 1536,
             layers: 6,

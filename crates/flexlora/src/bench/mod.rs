@@ -384,6 +384,7 @@ pub fn bench(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
     let dims = gemm::StepDims {
         batch: opts.batch as i64,
         seq: opts.seq as i64,
+        tokens: real_tokens,
         hidden: bert.hidden_size,
         intermediate: bert.intermediate_size,
         layers: bert.num_hidden_layers,
@@ -392,6 +393,11 @@ pub fn bench(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
     };
     let shapes = gemm::step_gemms(&dims);
     report.step_gflop = gemm::total_flops(&shapes) / 1e9;
+    let padded = gemm::StepDims {
+        tokens: dims.batch * dims.seq,
+        ..dims
+    };
+    report.padded_step_gflop = gemm::total_flops(&gemm::step_gemms(&padded)) / 1e9;
     say("GEMM rate on the step's shapes");
     let peak = gemm::measure_peak(
         &shapes,
