@@ -248,6 +248,10 @@ pub enum Command {
         /// Skip the whole-job comparison.
         #[arg(long)]
         skip_jobs: bool,
+        /// Measure nothing: print (and with --markdown write) the report of an earlier run's
+        /// bench.json.
+        #[arg(long, value_name = "BENCH_JSON")]
+        report_from: Option<PathBuf>,
     },
 }
 
@@ -267,7 +271,16 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             markdown,
             python,
             skip_jobs,
+            report_from,
         } => {
+            if let Some(json) = report_from {
+                let report = crate::bench::read_report(&json)?;
+                if let Some(md) = &markdown {
+                    crate::bench::write_markdown(&report, md)?;
+                }
+                print!("{}", report.markdown());
+                return Ok(());
+            }
             let opts = crate::bench::BenchOptions {
                 config,
                 overrides,

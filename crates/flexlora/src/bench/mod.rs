@@ -583,10 +583,26 @@ pub fn bench(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
     let json = serde_json::to_string_pretty(&report)?;
     crate::io::write_atomic(&work.join("bench.json"), |w| w.write_all(json.as_bytes()))?;
     if let Some(md) = &opts.markdown {
-        let text = report.markdown();
-        crate::io::write_atomic(md, |w| w.write_all(text.as_bytes()))?;
+        write_markdown(&report, md)?;
     }
     Ok(report)
+}
+
+/// Writes `report` as Markdown to `path` (creating its folder).
+pub fn write_markdown(report: &BenchReport, path: &Path) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let text = report.markdown();
+    crate::io::write_atomic(path, |w| w.write_all(text.as_bytes()))
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// Reads a `bench.json` written by [`bench`] (to render it again without measuring).
+pub fn read_report(path: &Path) -> anyhow::Result<BenchReport> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{}: not a bench.json", path.display()))
 }
 
 /// `torch`, `transformers` and `peft` versions of the venv, and the CPU model.

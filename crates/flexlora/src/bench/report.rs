@@ -2,11 +2,11 @@
 //! ratio next to its target.
 
 use super::BenchOptions;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
 
 /// One method of the step benchmark.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StepRow {
     /// flexlora's method.
     pub method: String,
@@ -21,7 +21,7 @@ pub struct StepRow {
 }
 
 /// Inference throughput.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PredictRow {
     /// Test sentences.
     pub examples: usize,
@@ -32,7 +32,7 @@ pub struct PredictRow {
 }
 
 /// One whole-job comparison.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct JobRow {
     /// flexlora's method.
     pub ours_method: String,
@@ -57,7 +57,7 @@ pub struct JobRow {
 }
 
 /// Everything `flexlora bench` measured.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BenchReport {
     /// The command.
     pub command_line: String,
