@@ -18,13 +18,9 @@ import time
 started = time.perf_counter()
 
 import torch
-from transformers import AutoTokenizer, BertForSequenceClassification, get_linear_schedule_with_warmup
-from transformers.utils import logging as hf_logging
+from transformers import AutoTokenizer, get_linear_schedule_with_warmup
 
-from peft import AdaLoraConfig, LoraConfig, get_peft_model
-
-hf_logging.set_verbosity_error()
-hf_logging.disable_progress_bar()
+from common import peft_model
 
 folder, spec_path, data_dir, out_path = sys.argv[1:5]
 spec = json.load(open(spec_path))
@@ -42,23 +38,7 @@ tokenizer = AutoTokenizer.from_pretrained(folder)
 batches_per_epoch = (len(train) + spec["batch_size"] - 1) // spec["batch_size"]
 total = spec.get("max_steps") or spec["epochs"] * batches_per_epoch
 
-model = BertForSequenceClassification.from_pretrained(folder, num_labels=2)
-common = dict(task_type="SEQ_CLS", target_modules=spec["target_modules"], lora_dropout=0.0)
-if spec["method"] == "lora":
-    config = LoraConfig(r=spec["r"], lora_alpha=spec["alpha"], **common)
-else:
-    config = AdaLoraConfig(
-        init_r=spec["init_r"],
-        target_r=spec["target_r"],
-        lora_alpha=spec["alpha"],
-        tinit=spec["tinit"],
-        tfinal=spec["tfinal"],
-        deltaT=spec["deltaT"],
-        total_step=total,
-        orth_reg_weight=spec["orth_reg_weight"],
-        **common,
-    )
-model = get_peft_model(model, config)
+model = peft_model(folder, spec, total)
 params = [p for p in model.parameters() if p.requires_grad]
 opt = torch.optim.AdamW(params, lr=spec["lr"], weight_decay=0.0)
 sched = get_linear_schedule_with_warmup(opt, int(spec["warmup_ratio"] * total), total)

@@ -68,8 +68,8 @@ pub struct Report {
     pub command_line: String,
 }
 
-/// Mean and sample standard deviation.
-fn mean_sd(v: &[f64]) -> (f64, f64) {
+/// Mean and sample standard deviation (`n − 1`): `(NaN, NaN)` for no value, sd `0` for one.
+pub fn mean_sd(v: &[f64]) -> (f64, f64) {
     let n = v.len() as f64;
     if v.is_empty() {
         return (f64::NAN, f64::NAN);

@@ -19,10 +19,10 @@ mod report;
 
 pub use report::BenchReport;
 
-use crate::config::{Config, MethodName};
+use crate::config::Config;
 use crate::data::{self, Example};
 use crate::models::TextTokenizer;
-use crate::optim::{AdamW, AdamWConfig};
+use crate::optim::AdamW;
 use crate::train::model::TaskModel;
 use crate::train::step::{self, Allocators, StepPlan};
 use anyhow::{Context, bail};
@@ -155,49 +155,11 @@ impl<'a> OurStep<'a> {
             crate::config::TaskKind::Classification,
             Device::Cpu,
         )?;
-        let o = &config.optimiser;
-        let mut optimiser = AdamW::new(AdamWConfig {
-            beta1: o.beta1,
-            beta2: o.beta2,
-            eps: o.eps,
-            weight_decay: o.weight_decay,
-        });
-        for group in model.optimiser_groups() {
-            optimiser.add_group(&group);
-        }
-        let adalora = match config.method.name {
-            MethodName::Adalora => {
-                let adapters = model.svd_adapters();
-                let a = &config.allocation;
-                Some(crate::adalora::AdaLoraAllocator::new(
-                    &adapters,
-                    config.adalora_budget(adapters.len(), total),
-                    a.sensitivity_beta1,
-                    a.sensitivity_beta2,
-                )?)
-            }
-            _ => None,
-        };
-        let plan = StepPlan {
-            config,
-            total_steps: total,
-            schedule: config.adjustment_schedule(total),
-            policy: crate::allocation::AllocationPolicy {
-                importance: config.allocation.importance,
-                exact_spectrum: config.allocation.exact_spectrum,
-                allocator: flexlora_core::RankAllocator::new(config.allocation.direction),
-                init: config.allocation.new_direction_init,
-                init_std: config.allocation.new_direction_std,
-            },
-        };
         Ok(Self {
+            optimiser: step::optimiser_for(config, &model),
+            allocators: Allocators::for_model(config, &model, total)?,
             model,
-            optimiser,
-            allocators: Allocators {
-                adalora,
-                sensitivity: None,
-            },
-            plan,
+            plan: StepPlan::new(config, total),
             step: 0,
         })
     }

@@ -2,6 +2,7 @@
 //! standard deviation either side, and every seed's value as a dot.
 
 use super::{DrawResult, FAMILY, PlotError, text_available, write_png};
+use crate::ablate::mean_sd;
 use plotters::prelude::*;
 use std::path::Path;
 
@@ -37,21 +38,6 @@ pub fn bar_chart(path: &Path, title: &str, y_label: &str, bars: &[Bar]) -> Resul
     write_png(path, (width, 620), |root| {
         draw(root, title, y_label, &bars, text)
     })
-}
-
-/// Mean and sample standard deviation (`0` for fewer than two values).
-fn mean_sd(v: &[f64]) -> (f64, f64) {
-    if v.is_empty() {
-        return (f64::NAN, 0.0);
-    }
-    let n = v.len() as f64;
-    let mean = v.iter().sum::<f64>() / n;
-    let sd = if v.len() < 2 {
-        0.0
-    } else {
-        (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt()
-    };
-    (mean, sd)
 }
 
 fn draw(

@@ -19,15 +19,11 @@ pub mod run;
 pub mod step;
 
 use crate::adalora::AdaLoraAllocator;
-use crate::allocation::AllocationPolicy;
 use crate::config::{Config, MethodName};
 use crate::data::{self, Example};
 use crate::models::TextTokenizer;
-use crate::optim::{AdamW, AdamWConfig};
-use crate::sensitivity::SensitivityEma;
 use anyhow::{Context, bail};
 use checkpoint::{BestEpoch, TrainerState};
-use flexlora_core::{Importance, RankAllocator};
 use indicatif::{ProgressBar, ProgressStyle};
 use model::TaskModel;
 use run::{CheckpointedState, RunDir};
@@ -175,62 +171,9 @@ pub fn train(config: &Config, opts: &TrainOptions) -> anyhow::Result<Summary> {
         }
     }
     let tokenizer = TextTokenizer::from_folder(&config.model.path, config.data.max_length)?;
-    let o = &config.optimiser;
-    let mut optimiser = AdamW::new(AdamWConfig {
-        beta1: o.beta1,
-        beta2: o.beta2,
-        eps: o.eps,
-        weight_decay: o.weight_decay,
-    });
-    for group in model.optimiser_groups() {
-        optimiser.add_group(&group);
-    }
-    let policy = AllocationPolicy {
-        importance: config.allocation.importance,
-        exact_spectrum: config.allocation.exact_spectrum,
-        allocator: RankAllocator::new(config.allocation.direction),
-        init: config.allocation.new_direction_init,
-        init_std: config.allocation.new_direction_std,
-    };
-
-    let adalora = match config.method.name {
-        MethodName::Adalora => {
-            let adapters = model.svd_adapters();
-            let a = &config.allocation;
-            Some(AdaLoraAllocator::new(
-                &adapters,
-                config.adalora_budget(adapters.len(), total_steps),
-                a.sensitivity_beta1,
-                a.sensitivity_beta2,
-            )?)
-        }
-        _ => None,
-    };
-    // FlexLoRA's sensitivity ablation: AdaLoRA's EMAs, updated at the same point of every step.
-    let sensitivity = match (config.method.name, config.allocation.importance) {
-        (MethodName::Flexlora, Importance::Sensitivity) => {
-            let a = &config.allocation;
-            Some(
-                SensitivityEma::new(
-                    &model.svd_adapters(),
-                    a.sensitivity_beta1,
-                    a.sensitivity_beta2,
-                )
-                .map_err(|e| anyhow::anyhow!("allocation.sensitivity_beta*: {e}"))?,
-            )
-        }
-        _ => None,
-    };
-    let mut allocators = step::Allocators {
-        adalora,
-        sensitivity,
-    };
-    let plan = step::StepPlan {
-        config,
-        total_steps,
-        schedule: config.adjustment_schedule(total_steps),
-        policy,
-    };
+    let mut optimiser = step::optimiser_for(config, &model);
+    let mut allocators = step::Allocators::for_model(config, &model, total_steps)?;
+    let plan = step::StepPlan::new(config, total_steps);
     // The allocator state a checkpoint carries (at most one of the two exists).
     fn allocator_state(a: &step::Allocators) -> Option<&dyn CheckpointedState> {
         match (&a.adalora, &a.sensitivity) {

@@ -7,9 +7,9 @@ use crate::adapter::orthogonality_regulariser;
 use crate::allocation::{AllocationPolicy, AllocationRecord, apply_allocation};
 use crate::config::{Config, MethodName};
 use crate::models::EncoderInput;
-use crate::optim::{AdamW, learning_rate};
+use crate::optim::{AdamW, AdamWConfig, learning_rate};
 use crate::sensitivity::SensitivityEma;
-use flexlora_core::AdjustmentSchedule;
+use flexlora_core::{AdjustmentSchedule, Importance, RankAllocator};
 use std::time::Instant;
 use tch::Tensor;
 
@@ -24,6 +24,52 @@ pub struct Allocators {
     pub sensitivity: Option<SensitivityEma>,
 }
 
+impl Allocators {
+    /// What `config`'s method needs for `model`'s adapters in a run of `total_steps` steps:
+    /// AdaLoRA's allocator, or for FlexLoRA's sensitivity ablation AdaLoRA's EMAs (updated at
+    /// the same point of every step), or nothing.
+    pub fn for_model(config: &Config, model: &TaskModel, total_steps: u64) -> anyhow::Result<Self> {
+        let a = &config.allocation;
+        let adapters = model.svd_adapters();
+        let adalora = match config.method.name {
+            MethodName::Adalora => Some(AdaLoraAllocator::new(
+                &adapters,
+                config.adalora_budget(adapters.len(), total_steps),
+                a.sensitivity_beta1,
+                a.sensitivity_beta2,
+            )?),
+            _ => None,
+        };
+        let sensitivity = match (config.method.name, a.importance) {
+            (MethodName::Flexlora, Importance::Sensitivity) => Some(
+                SensitivityEma::new(&adapters, a.sensitivity_beta1, a.sensitivity_beta2)
+                    .map_err(|e| anyhow::anyhow!("allocation.sensitivity_beta*: {e}"))?,
+            ),
+            _ => None,
+        };
+        Ok(Self {
+            adalora,
+            sensitivity,
+        })
+    }
+}
+
+/// Our AdamW with `config`'s settings over `model`'s parameter groups (adapters first, in
+/// model order, so group `k` is adapter `k`).
+pub fn optimiser_for(config: &Config, model: &TaskModel) -> AdamW {
+    let o = &config.optimiser;
+    let mut optimiser = AdamW::new(AdamWConfig {
+        beta1: o.beta1,
+        beta2: o.beta2,
+        eps: o.eps,
+        weight_decay: o.weight_decay,
+    });
+    for group in model.optimiser_groups() {
+        optimiser.add_group(&group);
+    }
+    optimiser
+}
+
 /// What does not change from step to step.
 #[derive(Debug, Clone)]
 pub struct StepPlan<'a> {
@@ -35,6 +81,25 @@ pub struct StepPlan<'a> {
     pub schedule: AdjustmentSchedule,
     /// FlexLoRA's allocation policy.
     pub policy: AllocationPolicy,
+}
+
+impl<'a> StepPlan<'a> {
+    /// The plan of `config` for a run of `total_steps` optimiser steps.
+    pub fn new(config: &'a Config, total_steps: u64) -> Self {
+        let a = &config.allocation;
+        Self {
+            config,
+            total_steps,
+            schedule: config.adjustment_schedule(total_steps),
+            policy: AllocationPolicy {
+                importance: a.importance,
+                exact_spectrum: a.exact_spectrum,
+                allocator: RankAllocator::new(a.direction),
+                init: a.new_direction_init,
+                init_std: a.new_direction_std,
+            },
+        }
+    }
 }
 
 /// What one update did.
