@@ -1,0 +1,352 @@
+//! Mutation fuzzing of the parsers of outside input: each target starts from a valid seed file
+//! (the project's own config, real data, the real model's config.json and tokenizer.json, a
+//! safetensors file), applies random byte edits (flips, inserts of format tokens, deletions,
+//! truncation, duplicated ranges) and asserts that the parser returns `Ok` or `Err` and never
+//! panics. Short mode (CI): `FLEXLORA_FUZZ_CASES` cases per target, 1,000 by default (the
+//! tokenizer target a tenth: its seed is 700 kB). Long mode:
+//! `FLEXLORA_FUZZ_CASES=100000 cargo test --release -p flexlora --test fuzz`.
+
+mod common;
+
+use flexlora::config::Config;
+use flexlora::models::{BertConfig, TextTokenizer, Weights};
+use proptest::prelude::*;
+use proptest::test_runner::{Config as RunnerConfig, TestCaseError, TestRunner};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::Path;
+use tch::{Kind, Tensor};
+
+fn cases(divisor: u32) -> u32 {
+    let n = std::env::var("FLEXLORA_FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000u32);
+    (n / divisor).max(10)
+}
+
+/// Bytes that mean something in the formats fuzzed here.
+const TOKENS: &[&str] = &[
+    "=",
+    "[",
+    "]",
+    "{",
+    "}",
+    "\"",
+    "'",
+    ",",
+    ":",
+    "\n",
+    "\t",
+    "\r\n",
+    "\\",
+    "-1",
+    "0",
+    "1e309",
+    "nan",
+    "inf",
+    "-inf",
+    "99999999999999999999",
+    "true",
+    "null",
+    "\u{0}",
+    "\u{feff}",
+    "é",
+    "[[",
+    "]]",
+    "#",
+    ".",
+    "..",
+    "/",
+    "\"\"\"",
+];
+
+#[derive(Debug, Clone)]
+enum Edit {
+    Flip(usize, u8),
+    Insert(usize, usize),
+    Delete(usize, usize),
+    Truncate(usize),
+    Duplicate(usize, usize),
+}
+
+fn edits() -> impl Strategy<Value = Vec<Edit>> {
+    let edit = prop_oneof![
+        4 => (any::<usize>(), any::<u8>()).prop_map(|(i, b)| Edit::Flip(i, b)),
+        4 => (any::<usize>(), 0..TOKENS.len()).prop_map(|(i, t)| Edit::Insert(i, t)),
+        2 => (any::<usize>(), 1usize..64).prop_map(|(i, n)| Edit::Delete(i, n)),
+        1 => any::<usize>().prop_map(Edit::Truncate),
+        1 => (any::<usize>(), 1usize..256).prop_map(|(i, n)| Edit::Duplicate(i, n)),
+    ];
+    proptest::collection::vec(edit, 1..6)
+}
+
+fn apply(seed: &[u8], edits: &[Edit]) -> Vec<u8> {
+    let mut v = seed.to_vec();
+    for e in edits {
+        let len = v.len().max(1);
+        match *e {
+            Edit::Flip(i, b) => {
+                if !v.is_empty() {
+                    let i = i % v.len();
+                    v[i] ^= b.max(1);
+                }
+            }
+            Edit::Insert(i, t) => {
+                let i = i % (v.len() + 1);
+                v.splice(i..i, TOKENS[t].bytes());
+            }
+            Edit::Delete(i, n) => {
+                let i = i % len;
+                let end = (i + n).min(v.len());
+                if i < end {
+                    v.drain(i..end);
+                }
+            }
+            Edit::Truncate(i) => v.truncate(i % len),
+            Edit::Duplicate(i, n) => {
+                if !v.is_empty() {
+                    let i = i % v.len();
+                    let end = (i + n).min(v.len());
+                    let copy = v[i..end].to_vec();
+                    v.splice(end..end, copy);
+                }
+            }
+        }
+    }
+    v
+}
+
+/// Runs `target` on `cases` mutations of `seed` written to `file`; fails on any panic.
+fn fuzz(name: &str, seed: &[u8], file: &Path, cases: u32, target: impl Fn(&Path)) {
+    let mut runner = TestRunner::new(RunnerConfig {
+        cases,
+        failure_persistence: None,
+        ..RunnerConfig::default()
+    });
+    let result = runner.run(&edits(), |e| {
+        let bytes = apply(seed, &e);
+        std::fs::write(file, &bytes).unwrap();
+        catch_unwind(AssertUnwindSafe(|| target(file))).map_err(|p| {
+            let msg = p
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            TestCaseError::fail(format!("{name} panicked: {msg}"))
+        })
+    });
+    if let Err(e) = result {
+        panic!("{name}: {e}");
+    }
+}
+
+#[test]
+fn run_config_toml_never_panics() {
+    let dir = tempfile::tempdir().unwrap();
+    let seed = std::fs::read(common::repo_root().join("configs/default.toml")).unwrap();
+    let file = dir.path().join("config.toml");
+    fuzz("run config", &seed, &file, cases(1), |p| {
+        if let Ok(loaded) = Config::load(p, &[]) {
+            // Everything derived from a validated config must be computable.
+            let c = loaded.config;
+            let t = c.total_steps(2800);
+            let _ = c.adjustment_schedule(t).moves_at(t / 2);
+            let _ = c.adalora_budget(36, t);
+        }
+    });
+}
+
+#[test]
+fn set_overrides_never_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::repo_root().join("configs/default.toml");
+    let seed = b"schedule.t_init=30".to_vec();
+    let file = dir.path().join("override");
+    fuzz("--set", &seed, &file, cases(1), |p| {
+        let arg = String::from_utf8_lossy(&std::fs::read(p).unwrap()).into_owned();
+        let _ = Config::load(&config, &[arg]);
+    });
+}
+
+/// The data readers with each format's layout (CSV and TSV from the real Pang & Lee file,
+/// JSONL built from the same sentences).
+#[test]
+fn data_files_never_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let (pos, neg) = common::polarity_sentences(0, 10);
+    let rows: Vec<(&str, &String)> = pos
+        .iter()
+        .map(|s| ("1", s))
+        .chain(neg.iter().map(|s| ("-1", s)))
+        .collect();
+    let csv: String = rows
+        .iter()
+        .map(|(l, s)| format!("{l},\"{}\"\n", s.replace('"', "\"\"")))
+        .collect();
+    let tsv: String = std::iter::once("label\tsentence\n".to_string())
+        .chain(rows.iter().map(|(l, s)| format!("{l}\t{s}\n")))
+        .collect();
+    let jsonl: String = rows
+        .iter()
+        .map(|(l, s)| format!("{}\n", serde_json::json!({"label": l, "text": s})))
+        .collect();
+    let base = Config::load(&common::repo_root().join("configs/default.toml"), &[])
+        .unwrap()
+        .config;
+    for (format, seed, has_header, text, label) in [
+        ("csv", csv, false, "1", "0"),
+        ("tsv", tsv, true, "\"sentence\"", "\"label\""),
+        ("jsonl", jsonl, false, "\"text\"", "\"label\""),
+    ] {
+        let file = dir.path().join(format!("data.{format}"));
+        let cfg = Config::load(
+            &common::repo_root().join("configs/default.toml"),
+            &[
+                format!("data.path={:?}", file.display().to_string()),
+                format!("data.format=\"{format}\""),
+                format!("data.has_header={has_header}"),
+                format!("data.text_column={text}"),
+                format!("data.label_column={label}"),
+            ],
+        )
+        .unwrap()
+        .config;
+        assert_ne!(cfg.data, base.data);
+        fuzz(format, seed.as_bytes(), &file, cases(1), |_| {
+            let _ = flexlora::data::load_splits(&cfg.data);
+        });
+    }
+}
+
+#[test]
+fn model_config_json_never_panics() {
+    let dir = tempfile::tempdir().unwrap();
+    let seed = std::fs::read(common::minilm().join("config.json")).unwrap();
+    let file = dir.path().join("config.json");
+    fuzz("config.json", &seed, &file, cases(1), |p| {
+        let _ = flexlora::models::hf::read_config::<BertConfig>(p.parent().unwrap());
+    });
+}
+
+#[test]
+fn safetensors_headers_and_offsets_never_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("model.safetensors");
+    let a = Tensor::randn([4, 3], (Kind::Float, tch::Device::Cpu));
+    let b = Tensor::arange(5, (Kind::Int64, tch::Device::Cpu));
+    let c = Tensor::ones([2], (Kind::Float, tch::Device::Cpu));
+    Tensor::write_safetensors(&[("bert.a", &a), ("b", &b), ("c", &c)], &file).unwrap();
+    let seed = std::fs::read(&file).unwrap();
+    fuzz("safetensors", &seed, &file, cases(1), |p| {
+        if let Ok(w) = Weights::read(p.parent().unwrap(), "bert.") {
+            for (name, shape) in [("a", vec![4, 3]), ("b", vec![5]), ("c", vec![2])] {
+                let _ = w.tensor(name, &shape, Kind::Float, tch::Device::Cpu);
+            }
+        }
+    });
+}
+
+#[test]
+fn tokenizer_json_never_panics() {
+    let dir = tempfile::tempdir().unwrap();
+    let seed = std::fs::read(common::minilm().join("tokenizer.json")).unwrap();
+    let file = dir.path().join("tokenizer.json");
+    fuzz("tokenizer.json", &seed, &file, cases(10), |p| {
+        if let Ok(t) = TextTokenizer::from_folder(p.parent().unwrap(), 32) {
+            let _ = t.encode(
+                &["a fuzzed tokenizer still encodes"],
+                None,
+                tch::Device::Cpu,
+            );
+        }
+    });
+}
+
+/// The harness itself: a parser that panics on some inputs is caught and reported.
+#[test]
+fn the_harness_reports_a_panicking_parser() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("x");
+    let caught = catch_unwind(AssertUnwindSafe(|| {
+        fuzz("deliberate", b"abcdef", &file, 200, |p| {
+            let bytes = std::fs::read(p).unwrap();
+            assert!(bytes.len() >= 6, "deliberate panic on a shortened input");
+        });
+    }));
+    let message = caught.expect_err("the harness must fail on a panicking target");
+    let text = message
+        .downcast_ref::<String>()
+        .cloned()
+        .unwrap_or_default();
+    assert!(text.contains("deliberate panicked"), "{text}");
+}
+
+/// A finished two-step FlexLoRA run on a real slice: its PEFT adapter folder and checkpoints
+/// are the seeds of the next two targets.
+fn tiny_run(dir: &Path) -> std::path::PathBuf {
+    let data = common::polarity_slice(dir, 20);
+    let out = dir.join("run");
+    let args: Vec<String> = [
+        "train",
+        "--model",
+        &common::minilm().display().to_string(),
+        "--data",
+        &data.display().to_string(),
+        "--output",
+        &out.display().to_string(),
+        "--quiet",
+        "--set",
+        "training.max_steps=2",
+        "--set",
+        "training.batch_size=8",
+        "--set",
+        "training.checkpoint_every=1",
+        "--set",
+        "schedule.t_init=0",
+        "--set",
+        "schedule.t_final=1",
+        "--set",
+        "schedule.delta_t=1",
+        "--set",
+        "data.max_length=16",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let o = common::run_flexlora(&args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    out
+}
+
+#[test]
+fn peft_adapter_folders_and_checkpoints_never_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = tiny_run(dir.path());
+    let adapter = run.join("adapter");
+    for name in ["adapter_config.json", "adapter_model.safetensors"] {
+        let file = adapter.join(name);
+        let seed = std::fs::read(&file).unwrap();
+        assert!(flexlora::peft::read_peft_adapter(&adapter).is_ok());
+        fuzz(name, &seed, &file, cases(2), |p| {
+            let _ = flexlora::peft::read_peft_adapter(p.parent().unwrap());
+        });
+        std::fs::write(&file, &seed).unwrap();
+    }
+    let step = flexlora::train::checkpoint::step_checkpoints(&run.join("checkpoints"))
+        .first()
+        .map(|(_, d)| d.clone())
+        .expect("a step checkpoint");
+    for name in ["manifest.json", "state.json"] {
+        let file = step.join(name);
+        let seed = std::fs::read(&file).unwrap();
+        assert!(flexlora::train::checkpoint::verify_checkpoint(&step).is_ok());
+        fuzz(name, &seed, &file, cases(2), |p| {
+            let dir = p.parent().unwrap();
+            if flexlora::train::checkpoint::verify_checkpoint(dir).is_ok() {
+                // A checkpoint that verifies must also be readable.
+                let _ = flexlora::train::checkpoint::latest_valid(dir.parent().unwrap());
+            }
+        });
+        std::fs::write(&file, &seed).unwrap();
+    }
+}
