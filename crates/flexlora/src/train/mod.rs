@@ -26,7 +26,7 @@ use anyhow::{Context, bail};
 use checkpoint::{BestEpoch, TrainerState};
 use indicatif::{ProgressBar, ProgressStyle};
 use model::TaskModel;
-use run::{CheckpointedState, RunDir};
+use run::RunDir;
 use std::path::PathBuf;
 use std::time::Instant;
 use tch::{Device, Tensor};
@@ -174,14 +174,6 @@ pub fn train(config: &Config, opts: &TrainOptions) -> anyhow::Result<Summary> {
     let mut optimiser = step::optimiser_for(config, &model);
     let mut allocators = step::Allocators::for_model(config, &model, total_steps)?;
     let plan = step::StepPlan::new(config, total_steps);
-    // The allocator state a checkpoint carries (at most one of the two exists).
-    fn allocator_state(a: &step::Allocators) -> Option<&dyn CheckpointedState> {
-        match (&a.adalora, &a.sensitivity) {
-            (Some(a), _) => Some(a),
-            (None, Some(s)) => Some(s),
-            (None, None) => None,
-        }
-    }
 
     // AdaLoRA's rank is the number of triplets its latest mask kept (crate::adalora).
     let ranks = |m: &TaskModel, ada: Option<&AdaLoraAllocator>| match ada {
@@ -198,11 +190,8 @@ pub fn train(config: &Config, opts: &TrainOptions) -> anyhow::Result<Summary> {
     let mut state = match run.latest_checkpoint(opts.resume)? {
         Some(dir) => {
             let state = run.load_checkpoint(&dir, &mut model, &mut optimiser)?;
-            if let Some(a) = allocators.adalora.as_mut() {
+            if let Some(a) = allocators.checkpointed_mut() {
                 run.load_allocator(&dir, a)?;
-            }
-            if let Some(s) = allocators.sensitivity.as_mut() {
-                run.load_allocator(&dir, s)?;
             }
             if !opts.quiet {
                 eprintln!(
@@ -318,7 +307,7 @@ pub fn train(config: &Config, opts: &TrainOptions) -> anyhow::Result<Summary> {
             // a checkpoint's step never splits an epoch end from its validation record.
             let epoch_ends = state.micro_in_epoch >= micro_per_epoch;
             if !epoch_ends && state.step - last_checkpoint_step >= tc.checkpoint_every {
-                run.save_checkpoint(&state, &model, &optimiser, allocator_state(&allocators))?;
+                run.save_checkpoint(&state, &model, &optimiser, allocators.checkpointed())?;
                 last_checkpoint_step = state.step;
             }
         }
@@ -354,12 +343,12 @@ pub fn train(config: &Config, opts: &TrainOptions) -> anyhow::Result<Summary> {
             }
             state.epoch += 1;
             state.micro_in_epoch = 0;
-            run.save_checkpoint(&state, &model, &optimiser, allocator_state(&allocators))?;
+            run.save_checkpoint(&state, &model, &optimiser, allocators.checkpointed())?;
             last_checkpoint_step = state.step;
         }
     }
     bar.finish_and_clear();
-    run.save_final(&state, &model, allocator_state(&allocators))?;
+    run.save_final(&state, &model, allocators.checkpointed())?;
 
     // Test with the best validation epoch's parameters (the final state when there was no
     // validation split).

@@ -14,6 +14,7 @@ use std::time::Instant;
 use tch::Tensor;
 
 use super::model::TaskModel;
+use super::run::CheckpointedState;
 
 /// The allocators a run carries besides the optimiser (at most one is present).
 #[derive(Debug, Default)]
@@ -51,6 +52,26 @@ impl Allocators {
             adalora,
             sensitivity,
         })
+    }
+}
+
+impl Allocators {
+    /// The state a checkpoint carries for these allocators (at most one of them exists).
+    pub fn checkpointed(&self) -> Option<&dyn CheckpointedState> {
+        match (&self.adalora, &self.sensitivity) {
+            (Some(a), _) => Some(a),
+            (None, Some(s)) => Some(s),
+            (None, None) => None,
+        }
+    }
+
+    /// [`Allocators::checkpointed`], to restore it when resuming.
+    pub fn checkpointed_mut(&mut self) -> Option<&mut dyn CheckpointedState> {
+        match (&mut self.adalora, &mut self.sensitivity) {
+            (Some(a), _) => Some(a),
+            (None, Some(s)) => Some(s),
+            (None, None) => None,
+        }
     }
 }
 
