@@ -4,6 +4,8 @@ use clap::Parser;
 
 fn main() -> std::process::ExitCode {
     let cli = flexlora::cli::Cli::parse();
+    // Reads FAILPOINTS in builds with fault points (tests only); nothing otherwise.
+    let _faults = fail::FailScenario::setup();
     match flexlora::cli::run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

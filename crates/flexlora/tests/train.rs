@@ -326,7 +326,7 @@ fn bad_inputs_are_clear_errors() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success(), "{err}");
     assert!(
-        err.contains("the training loss became NaN at optimiser step"),
+        err.contains("the training loss (NaN) at optimiser step"),
         "{err}"
     );
     assert!(!out.join("summary.json").exists());

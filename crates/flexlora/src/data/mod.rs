@@ -78,6 +78,9 @@ pub enum DataError {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// The file would not fit in memory once read.
+    #[error(transparent)]
+    TooLarge(#[from] crate::resources::TooLarge),
     /// A record is malformed (too few fields, bad UTF-8 or JSON, a label that is not a number
     /// in a regression task, ...).
     #[error("{path}: record {record} (line {line}): {message}")]

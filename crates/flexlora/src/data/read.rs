@@ -30,6 +30,20 @@ pub(crate) struct RawExample {
 const BOM: &[u8] = b"\xEF\xBB\xBF";
 
 fn read_bytes(path: &Path) -> Result<Vec<u8>, DataError> {
+    // A file far larger than memory is refused before reading starts.
+    if let Ok(meta) = std::fs::metadata(path) {
+        crate::resources::check(
+            || {
+                format!(
+                    "reading data file {} ({} bytes)",
+                    path.display(),
+                    meta.len()
+                )
+            },
+            crate::resources::data_file_bytes(meta.len()),
+            "use a smaller file or split it",
+        )?;
+    }
     let mut bytes = std::fs::read(path).map_err(|source| DataError::Read {
         path: path.to_path_buf(),
         source,

@@ -218,6 +218,11 @@ pub fn export_state(
         |d| d.join(ADAPTER_CONFIG).exists(),
         |tmp| {
             Tensor::write_safetensors(&weights, tmp.join(ADAPTER_WEIGHTS))?;
+            fail::fail_point!("export.weights_written", |a| Err(crate::faults::io_error(
+                "export.weights_written",
+                a
+            )
+            .into()));
             write_json(&tmp.join(ADAPTER_CONFIG), &adapter_config)
         },
     )

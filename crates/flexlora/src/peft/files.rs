@@ -46,16 +46,12 @@ pub(crate) fn write_dir_atomic(
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
     let result = fill(&tmp).and_then(|()| {
-        if out.exists() {
-            let old = parent.join(format!(".{name}.old-{pid}"));
-            let _ = std::fs::remove_dir_all(&old);
-            std::fs::rename(out, &old)
-                .with_context(|| format!("moving the old {} aside", out.display()))?;
-            std::fs::rename(&tmp, out)?;
-            let _ = std::fs::remove_dir_all(&old);
-        } else {
-            std::fs::rename(&tmp, out)?;
-        }
+        fail::fail_point!("export.files_written", |a| Err(crate::faults::io_error(
+            "export.files_written",
+            a
+        )
+        .into()));
+        crate::io::replace_dir(&tmp, out)?;
         Ok(())
     });
     if result.is_err() {

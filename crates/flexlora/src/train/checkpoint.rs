@@ -58,8 +58,9 @@ fn sha256_file(path: &Path) -> anyhow::Result<String> {
 }
 
 /// Writes a checkpoint folder `dir` atomically: `write(tmp_dir)` fills a temporary sibling
-/// folder, a manifest of every file's size and hash is added, and the folder is renamed into
-/// place (replacing an older one of the same name).
+/// folder, a manifest of every file's size and hash is added, and the folder is put in place
+/// with [`crate::io::replace_dir`] (an older one of the same name, e.g. `best`, stays whole
+/// until the new one is complete).
 pub fn write_checkpoint(
     dir: &Path,
     write: impl FnOnce(&Path) -> anyhow::Result<()>,
@@ -75,6 +76,9 @@ pub fn write_checkpoint(
     std::fs::create_dir_all(&tmp)?;
     let result = (|| -> anyhow::Result<()> {
         write(&tmp)?;
+        fail::fail_point!("checkpoint.files_written", |a| Err(
+            crate::faults::io_error("checkpoint.files_written", a).into()
+        ));
         let mut manifest = BTreeMap::new();
         for entry in std::fs::read_dir(&tmp)? {
             let p = entry?.path();
@@ -91,10 +95,10 @@ pub fn write_checkpoint(
         crate::io::write_atomic(&tmp.join("manifest.json"), |w| {
             serde_json::to_writer_pretty(&mut *w, &manifest).map_err(std::io::Error::other)
         })?;
-        if dir.exists() {
-            std::fs::remove_dir_all(dir)?;
-        }
-        std::fs::rename(&tmp, dir)?;
+        fail::fail_point!("checkpoint.manifest_written", |a| Err(
+            crate::faults::io_error("checkpoint.manifest_written", a).into()
+        ));
+        crate::io::replace_dir(&tmp, dir)?;
         Ok(())
     })();
     if result.is_err() {

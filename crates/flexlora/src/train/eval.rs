@@ -55,6 +55,11 @@ pub fn evaluate(
     let mut probabilities = vec![Vec::new(); examples.len()];
     let mut loss_sum = 0.0;
     for chunk in order.chunks(batch_size.max(1)) {
+        fail::fail_point!("eval.batch", |a| Err(crate::faults::io_error(
+            "eval.batch",
+            a
+        )
+        .into()));
         let batch: Vec<&Example> = chunk.iter().map(|&i| &examples[i]).collect();
         let (input, labels) = batch_tensors(tokenizer, &batch, device)?;
         let (loss, logits) = tch::no_grad(|| model.loss(&input, &labels, false));

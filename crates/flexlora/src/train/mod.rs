@@ -14,6 +14,7 @@
 pub mod checkpoint;
 pub mod commands;
 pub mod eval;
+pub mod guards;
 pub mod model;
 pub mod run;
 pub mod step;
@@ -24,6 +25,7 @@ use crate::data::{self, Example};
 use crate::models::TextTokenizer;
 use anyhow::{Context, bail};
 use checkpoint::{BestEpoch, TrainerState};
+use guards::NonFinite;
 use indicatif::{ProgressBar, ProgressStyle};
 use model::TaskModel;
 use run::RunDir;
@@ -156,6 +158,7 @@ pub fn train(config: &Config, opts: &TrainOptions) -> anyhow::Result<Summary> {
     if config.method.name == MethodName::Adalora {
         crate::validate::adalora_schedule(config, total_steps, &run.config_origin())?;
     }
+    check_step_memory(config)?;
     tch::manual_seed(step_seed(tc.seed, u64::MAX));
     let mut model = TaskModel::build(config, splits.num_labels(), splits.task, device)?;
     if let Some(source) = &opts.init_from {
@@ -187,6 +190,12 @@ pub fn train(config: &Config, opts: &TrainOptions) -> anyhow::Result<Summary> {
     let trainable = |m: &TaskModel, ada: Option<&AdaLoraAllocator>| {
         m.trainable_parameters() - ada.map_or(0, |a| a.masked_parameters(&m.svd_adapters()))
     };
+    if opts.resume {
+        // Folders a killed writer left half-made (never read: they have no final name).
+        for dir in [run.checkpoints(), opts.output.clone()] {
+            crate::io::remove_stale_temporaries(&dir);
+        }
+    }
     let mut state = match run.latest_checkpoint(opts.resume)? {
         Some(dir) => {
             let state = run.load_checkpoint(&dir, &mut model, &mut optimiser)?;
@@ -248,26 +257,23 @@ pub fn train(config: &Config, opts: &TrainOptions) -> anyhow::Result<Summary> {
                 micro_batches.push(batch_tensors(&tokenizer, &examples, device)?);
             }
             let step_loss = step::accumulate_gradients(&model, &micro_batches, config);
-            if !step_loss.is_finite() {
-                let last_good = match checkpoint::latest_valid(&run.checkpoints()) {
-                    Some(dir) => format!("the last good checkpoint is {}", dir.display()),
-                    None => "no checkpoint had been written yet".to_string(),
-                };
-                bail!(
-                    "the training loss became {step_loss} at optimiser step {} (epoch {}); \
-                     stopped ({last_good}). Lower optimiser.lr or check the data.",
-                    state.step + 1,
-                    state.epoch + 1
-                );
+            let update = if step_loss.is_finite() {
+                step::apply_update(
+                    &mut model,
+                    &mut optimiser,
+                    &mut allocators,
+                    &plan,
+                    state.step,
+                    step_seed(tc.seed, (state.step + 1) | ALLOCATION_SALT),
+                )
+            } else {
+                Err(NonFinite {
+                    what: format!("the training loss ({step_loss})"),
+                    step: state.step + 1,
+                }
+                .into())
             }
-            let update = step::apply_update(
-                &mut model,
-                &mut optimiser,
-                &mut allocators,
-                &plan,
-                state.step,
-                step_seed(tc.seed, (state.step + 1) | ALLOCATION_SALT),
-            )?;
+            .map_err(|e| stop_on_non_finite(e, &run, state.epoch))?;
             let (grad_norm, lr) = (update.grad_norm, update.lr);
             state.allocation_seconds += update.allocation_seconds;
             state.step += 1;
@@ -405,8 +411,58 @@ pub fn train(config: &Config, opts: &TrainOptions) -> anyhow::Result<Summary> {
     if let Some(format) = format {
         crate::peft::export_run(&opts.output, format, &opts.output.join("adapter"))?;
     }
+    fail::fail_point!("train.before_summary", |a| Err(crate::faults::io_error(
+        "train.before_summary",
+        a
+    )
+    .into()));
     run.write_summary(&summary)?;
     Ok(summary)
+}
+
+/// Refuses a batch shape (`training.batch_size` x `data.max_length` tokens) whose training step
+/// would not fit in memory (see [`crate::resources::training_step_bytes`]).
+fn check_step_memory(config: &Config) -> anyhow::Result<()> {
+    let c = crate::models::BertConfig::from_folder(&config.model.path)?;
+    let (h, i) = (c.hidden_size as u64, c.intermediate_size as u64);
+    let layers = c.num_hidden_layers as u64;
+    let embeddings = (c.vocab_size + c.max_position_embeddings + c.type_vocab_size) as u64 * h;
+    let shape = crate::resources::EncoderShape {
+        layers,
+        hidden: h,
+        intermediate: i,
+        heads: c.num_attention_heads as u64,
+        parameters: embeddings + layers * (4 * h * h + 2 * h * i),
+    };
+    let (batch, seq) = (config.training.batch_size, config.data.max_length as u64);
+    let full = config.method.name == MethodName::Full;
+    crate::resources::check(
+        || {
+            format!(
+                "a training step of training.batch_size = {batch} x data.max_length = {seq} tokens on {}",
+                config.model.path.display()
+            )
+        },
+        crate::resources::training_step_bytes(shape, batch, seq, full),
+        "lower training.batch_size (training.grad_accum keeps the effective batch) or data.max_length",
+    )?;
+    Ok(())
+}
+
+/// Adds to a [`NonFinite`] error which checkpoint a resumed run would start from and what to
+/// change; other errors pass through.
+fn stop_on_non_finite(e: anyhow::Error, run: &RunDir, epoch: u64) -> anyhow::Error {
+    if !e.is::<NonFinite>() {
+        return e;
+    }
+    let last_good = match checkpoint::latest_valid(&run.checkpoints()) {
+        Some(dir) => format!("the last good checkpoint is {}", dir.display()),
+        None => "no checkpoint had been written yet".to_string(),
+    };
+    anyhow::anyhow!(
+        "{e} (epoch {}): training stopped; {last_good}. Lower optimiser.lr or check the data.",
+        epoch + 1
+    )
 }
 
 /// The run's resolved config, as written in its directory.

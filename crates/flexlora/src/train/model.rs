@@ -191,42 +191,62 @@ impl TaskModel {
             .sum::<i64>()
     }
 
-    /// The trainable state as named tensors: adapters (`adapters.<path>.P|lambda|Q|active`,
+    /// The trainable tensors by name: adapters (`adapters.<path>.P|lambda|Q`,
     /// `adapters.<path>.lora_A|lora_B`), the head (`head.*`) and, for `full`, the encoder
-    /// (`bert.*`). Detached copies on the CPU.
-    pub fn state(&self) -> Vec<(String, Tensor)> {
+    /// (`bert.*`). Shallow handles of the live parameters (their gradients included).
+    pub fn named_trainables(&self) -> Vec<(String, Tensor)> {
         let mut v = Vec::new();
-        let cpu = |t: &Tensor| t.detach().to_device(Device::Cpu).copy();
         for (path, l) in self.adapted_paths.iter().zip(self.adapted_linears()) {
             match &l.adapter {
                 Some(Adapter::Svd(a)) => {
-                    let active: Vec<f32> =
-                        a.active().iter().map(|&b| f32::from(u8::from(b))).collect();
-                    v.push((format!("adapters.{path}.P"), cpu(&a.p)));
-                    v.push((format!("adapters.{path}.lambda"), cpu(&a.lambda)));
-                    v.push((format!("adapters.{path}.Q"), cpu(&a.q)));
-                    v.push((
-                        format!("adapters.{path}.active"),
-                        Tensor::from_slice(&active),
-                    ));
+                    v.push((format!("adapters.{path}.P"), a.p.shallow_clone()));
+                    v.push((format!("adapters.{path}.lambda"), a.lambda.shallow_clone()));
+                    v.push((format!("adapters.{path}.Q"), a.q.shallow_clone()));
                 }
                 Some(Adapter::Lora(a)) => {
-                    v.push((format!("adapters.{path}.lora_A"), cpu(&a.a)));
-                    v.push((format!("adapters.{path}.lora_B"), cpu(&a.b)));
+                    v.push((format!("adapters.{path}.lora_A"), a.a.shallow_clone()));
+                    v.push((format!("adapters.{path}.lora_B"), a.b.shallow_clone()));
                 }
                 None => {}
             }
         }
         let c = &self.classifier;
-        v.push(("head.classifier.weight".into(), cpu(&c.classifier_weight)));
-        v.push(("head.classifier.bias".into(), cpu(&c.classifier_bias)));
+        v.push((
+            "head.classifier.weight".into(),
+            c.classifier_weight.shallow_clone(),
+        ));
+        v.push((
+            "head.classifier.bias".into(),
+            c.classifier_bias.shallow_clone(),
+        ));
         if c.pooler_is_new {
-            v.push(("head.pooler.weight".into(), cpu(&c.pooler_weight)));
-            v.push(("head.pooler.bias".into(), cpu(&c.pooler_bias)));
+            v.push(("head.pooler.weight".into(), c.pooler_weight.shallow_clone()));
+            v.push(("head.pooler.bias".into(), c.pooler_bias.shallow_clone()));
         }
         if self.method == MethodName::Full {
             for (n, t) in c.bert.named_parameters() {
-                v.push((format!("bert.{n}"), cpu(t)));
+                v.push((format!("bert.{n}"), t.shallow_clone()));
+            }
+        }
+        v
+    }
+
+    /// The trainable state as named tensors: [`TaskModel::named_trainables`] plus each SVD
+    /// adapter's slot mask (`adapters.<path>.active`). Detached copies on the CPU.
+    pub fn state(&self) -> Vec<(String, Tensor)> {
+        let mut v: Vec<(String, Tensor)> = self
+            .named_trainables()
+            .into_iter()
+            .map(|(n, t)| (n, t.detach().to_device(Device::Cpu).copy()))
+            .collect();
+        // (safetensors files order tensors by name, so appending changes no bytes.)
+        for (path, l) in self.adapted_paths.iter().zip(self.adapted_linears()) {
+            if let Some(Adapter::Svd(a)) = &l.adapter {
+                let active: Vec<f32> = a.active().iter().map(|&b| f32::from(u8::from(b))).collect();
+                v.push((
+                    format!("adapters.{path}.active"),
+                    Tensor::from_slice(&active),
+                ));
             }
         }
         v

@@ -164,6 +164,9 @@ impl RunDir {
         let dir = self.checkpoints().join(format!("step-{:06}", state.step));
         checkpoint::write_checkpoint(&dir, |tmp| {
             Tensor::write_safetensors(&model.state(), tmp.join("model.safetensors"))?;
+            fail::fail_point!("checkpoint.model_written", |a| Err(
+                crate::faults::io_error("checkpoint.model_written", a).into()
+            ));
             optimiser.save(&tmp.join("optimiser.safetensors"))?;
             std::fs::write(tmp.join("state.json"), serde_json::to_string_pretty(state)?)?;
             save_allocator(tmp, allocator)?;
@@ -328,11 +331,16 @@ fn read_tensors(path: &Path) -> anyhow::Result<HashMap<String, Tensor>> {
 /// Keeps the lines of a JSONL log whose `step` is at most `step`.
 fn truncate_log(path: &Path, step: u64) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(path).unwrap_or_default();
+    // Every record of steps up to the checkpoint's was written before it, except the test
+    // record of the final phase (written after the last checkpoint, at the same step): a run
+    // killed after logging it and resumed logs it again. A half-written last line (killed mid
+    // append) does not parse and goes too.
     let kept: Vec<&str> = text
         .lines()
         .filter(|l| {
             serde_json::from_str::<serde_json::Value>(l)
                 .ok()
+                .filter(|v| v.get("test").is_none())
                 .and_then(|v| v["step"].as_u64())
                 .is_some_and(|s| s <= step)
         })

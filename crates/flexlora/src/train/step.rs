@@ -13,6 +13,7 @@ use flexlora_core::{AdjustmentSchedule, Importance, RankAllocator};
 use std::time::Instant;
 use tch::Tensor;
 
+use super::guards::{self, NonFinite};
 use super::model::TaskModel;
 use super::run::CheckpointedState;
 
@@ -166,7 +167,8 @@ pub fn accumulate_gradients(
 }
 
 /// Clipping, the AdamW step with the scheduled learning rate, the allocators, `zero_grad`, and
-/// for FlexLoRA the allocation when `step + 1` is an adjustment step. `step` counts the
+/// for FlexLoRA the allocation when `step + 1` is an adjustment step. A non-finite gradient
+/// (before the update) or λ (after it) is a [`NonFinite`] error. `step` counts the
 /// optimiser steps made before this one; `allocation_seed` seeds the generator for new
 /// directions.
 pub fn apply_update(
@@ -178,9 +180,26 @@ pub fn apply_update(
     allocation_seed: i64,
 ) -> anyhow::Result<Update> {
     let o = &plan.config.optimiser;
+    gradient_fault_point(model);
     let grad_norm = optimiser.clip_grad_norm(o.clip_norm);
+    if !grad_norm.is_finite() {
+        let what = guards::non_finite_gradient(model)
+            .unwrap_or_else(|| format!("the gradient norm ({grad_norm})"));
+        return Err(NonFinite {
+            what,
+            step: step + 1,
+        }
+        .into());
+    }
     let lr = learning_rate(o.lr_schedule, o.lr, step, plan.total_steps, o.warmup_ratio);
     optimiser.step(lr);
+    if let Some(what) = guards::non_finite_lambda(model) {
+        return Err(NonFinite {
+            what,
+            step: step + 1,
+        }
+        .into());
+    }
     let started = Instant::now();
     // AdaLoRA between the optimiser step and zero_grad, as PEFT's update_and_allocate, whose
     // global_step counts the steps before this one.
@@ -218,4 +237,29 @@ pub fn apply_update(
         allocation,
         allocation_seconds,
     })
+}
+
+/// Fault point `step.poison_gradient` (tests only): when armed with a trainable tensor's
+/// name, one element of that tensor's gradient becomes NaN; the step then goes on as usual.
+fn gradient_fault_point(model: &TaskModel) {
+    let _ = model; // unused where fault points are compiled out
+    fail::fail_point!("step.poison_gradient", |name: Option<String>| {
+        poison_gradient(model, name.as_deref().unwrap_or_default())
+    });
+}
+
+#[allow(dead_code)] // called only where fault points are compiled in
+fn poison_gradient(model: &TaskModel, name: &str) {
+    if let Some((_, t)) = model
+        .named_trainables()
+        .into_iter()
+        .find(|(n, _)| n == name)
+    {
+        let g = t.grad();
+        if g.defined() {
+            tch::no_grad(|| {
+                let _ = g.view(-1).get(0).fill_(f64::NAN);
+            });
+        }
+    }
 }
