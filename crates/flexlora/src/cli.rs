@@ -51,6 +51,9 @@ pub enum Command {
         /// Seed (sets training.seed).
         #[arg(long)]
         seed: Option<u64>,
+        /// cpu, cuda, cuda:N or auto (sets training.device; with --resume it replaces the run's).
+        #[arg(long)]
+        device: Option<String>,
         /// Run directory (default: runs/<method>-seed<seed>).
         #[arg(long)]
         output: Option<PathBuf>,
@@ -78,6 +81,9 @@ pub enum Command {
         /// train, validation or test.
         #[arg(long, default_value = "test")]
         split: String,
+        /// cpu, cuda, cuda:N or auto (default: the run's training.device).
+        #[arg(long)]
+        device: Option<String>,
     },
     /// Predict labels for texts with a finished run's best checkpoint.
     Predict {
@@ -90,6 +96,9 @@ pub enum Command {
         /// Predictions: .csv or .jsonl (label, and class probabilities).
         #[arg(long)]
         output: PathBuf,
+        /// cpu, cuda, cuda:N or auto (default: the run's training.device).
+        #[arg(long)]
+        device: Option<String>,
     },
     /// Sentence embeddings (mean pooling, as sentence-transformers) of a text file (one text
     /// per line) or a JSONL file, written as JSONL.
@@ -353,6 +362,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             method,
             epochs,
             seed,
+            device,
             output,
             resume,
             init_from,
@@ -371,6 +381,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 ("method.name", method.map(|m| toml_string(&m))),
                 ("training.epochs", epochs.map(|e| e.to_string())),
                 ("training.seed", seed.map(|s| s.to_string())),
+                ("training.device", device.clone().map(|d| toml_string(&d))),
             ];
             for (key, value) in flags {
                 if let Some(v) = value {
@@ -378,7 +389,13 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
             let (cfg, output, resuming) = match resume {
-                Some(dir) => (crate::train::load_run_config(&dir)?, dir, true),
+                Some(dir) => {
+                    let mut cfg = crate::train::load_run_config(&dir)?;
+                    if let Some(d) = device {
+                        cfg.training.device = d;
+                    }
+                    (cfg, dir, true)
+                }
                 None => {
                     let base = match &init_from {
                         Some(dir) => dir.join("config.toml"),
@@ -415,10 +432,15 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Eval { run, split } => crate::train::commands::eval(&run, &split),
-        Command::Predict { run, input, output } => {
-            crate::train::commands::predict(&run, &input, &output)
+        Command::Eval { run, split, device } => {
+            crate::train::commands::eval(&run, &split, device.as_deref())
         }
+        Command::Predict {
+            run,
+            input,
+            output,
+            device,
+        } => crate::train::commands::predict(&run, &input, &output, device.as_deref()),
         Command::Embed {
             model,
             input,

@@ -438,6 +438,10 @@ pub struct TrainingConfig {
     /// Where to train: `cpu`, `cuda`, `cuda:N` or `auto`.
     #[serde(default = "default_device")]
     pub device: String,
+    /// Numeric precision of the frozen base layers: `auto` (bf16 on CUDA, f32 on the CPU),
+    /// `f32` or `bf16`. Adapters, head and optimiser state are always f32.
+    #[serde(default)]
+    pub precision: Precision,
     /// Batch training examples of similar length together (less padding).
     #[serde(default)]
     pub bucket_by_length: bool,
@@ -450,6 +454,32 @@ pub struct TrainingConfig {
     /// Examples per batch when evaluating.
     #[serde(default = "default_eval_batch_size")]
     pub eval_batch_size: u64,
+}
+
+/// `training.precision`: what the frozen linear layers compute in.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// bf16 on CUDA, f32 on the CPU (where bf16 GEMMs are slower than f32 without AVX512-BF16
+    /// or AMX).
+    #[default]
+    Auto,
+    /// Everything in float32.
+    F32,
+    /// The frozen base linear layers' weights are stored and multiplied in bfloat16 (half the
+    /// memory and, on GPUs, the tensor cores); their outputs return to float32 before the
+    /// adapter is added, so adapters, head, norms, attention and optimiser stay float32.
+    Bf16,
+}
+
+impl Precision {
+    /// The kind of the frozen base weights on `device`.
+    pub fn base_kind(self, device: tch::Device) -> tch::Kind {
+        match (self, device) {
+            (Precision::Bf16, _) | (Precision::Auto, tch::Device::Cuda(_)) => tch::Kind::BFloat16,
+            _ => tch::Kind::Float,
+        }
+    }
 }
 
 fn default_targets() -> Vec<String> {
@@ -595,6 +625,7 @@ impl Default for TrainingConfig {
             seed: 0,
             threads: None,
             device: default_device(),
+            precision: Precision::default(),
             bucket_by_length: false,
             checkpoint_every: default_checkpoint_every(),
             log_every: default_log_every(),

@@ -26,19 +26,44 @@ pub fn parse_device(name: &str) -> anyhow::Result<Device> {
                 None => bail!("unknown device `{name}`: expected cpu, cuda, cuda:N or auto"),
             };
             let n = cuda_count();
+            if n == 0 {
+                bail!(
+                    "device `{name}` requested but no CUDA GPU is usable here: {}",
+                    cuda_unusable_reason()
+                );
+            }
             if index as i64 >= n {
                 bail!(
-                    "device `{name}` requested but {} (LibTorch sees {n} CUDA device(s))",
-                    if n == 0 {
-                        "no CUDA GPU is usable here"
-                    } else {
-                        "that index does not exist"
-                    }
+                    "device `{name}` requested but that index does not exist (LibTorch sees {n} CUDA device(s): cuda:0..cuda:{})",
+                    n - 1
                 );
             }
             Ok(Device::Cuda(index))
         }
     }
+}
+
+/// Why LibTorch sees no CUDA device, in the order a user would check: a LibTorch without CUDA
+/// in this process, no NVIDIA driver library, or a driver that reports no GPU.
+pub fn cuda_unusable_reason() -> String {
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+    if !maps.contains("libtorch_cuda") {
+        return "this binary's LibTorch has no CUDA support (libtorch_cuda.so is not loaded); \
+                build against a CUDA LibTorch such as the venv's torch 2.11.0+cu130 (scripts/setup)"
+            .into();
+    }
+    // SAFETY: dlopen/dlclose with a valid NUL-terminated name; the handle is closed at once.
+    let driver = unsafe {
+        let handle = libc::dlopen(c"libcuda.so.1".as_ptr(), libc::RTLD_LAZY);
+        if !handle.is_null() {
+            libc::dlclose(handle);
+        }
+        !handle.is_null()
+    };
+    if !driver {
+        return "no NVIDIA driver is installed (libcuda.so.1 cannot be loaded)".into();
+    }
+    "the NVIDIA driver reports no usable GPU (check `nvidia-smi` and CUDA_VISIBLE_DEVICES)".into()
 }
 
 #[cfg(test)]
@@ -52,7 +77,10 @@ mod tests {
         assert!(parse_device("cuda:x").is_err());
         if !tch::Cuda::is_available() {
             let e = parse_device("cuda").unwrap_err().to_string();
-            assert!(e.contains("no CUDA GPU is usable"), "{e}");
+            assert!(e.contains("no CUDA GPU is usable here: "), "{e}");
+            // This build links LibTorch's CUDA library (ARCHITECTURE.md), so the reason is the
+            // missing driver or GPU, not the build.
+            assert!(!e.contains("no CUDA support"), "{e}");
             assert_eq!(parse_device("auto").unwrap(), Device::Cpu);
         }
     }

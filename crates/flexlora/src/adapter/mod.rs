@@ -87,6 +87,16 @@ impl AdaptedLinear {
         }
     }
 
+    /// Stores the frozen weight and bias in `kind` (e.g. bfloat16 for mixed precision); the
+    /// forward pass casts its input to match and its output back.
+    pub fn set_base_kind(&mut self, kind: tch::Kind) {
+        self.weight = self.weight.to_kind(kind).set_requires_grad(false);
+        self.bias = self
+            .bias
+            .take()
+            .map(|b| b.to_kind(kind).set_requires_grad(false));
+    }
+
     /// `(in_features, out_features)`.
     pub fn features(&self) -> (i64, i64) {
         let s = self.weight.size();
@@ -111,7 +121,15 @@ impl AdaptedLinear {
 
     /// `y = x Wᵀ + b + adapter(x)`; `train` switches the adapter's dropout on.
     pub fn forward(&self, x: &Tensor, train: bool) -> Tensor {
-        let y = x.linear(&self.weight, self.bias.as_ref());
+        // A base stored in bf16 (training.precision) multiplies in bf16 and hands back the
+        // input's kind, so the adapter's sum and everything after stay in float32.
+        let y = if self.weight.kind() == x.kind() {
+            x.linear(&self.weight, self.bias.as_ref())
+        } else {
+            x.to_kind(self.weight.kind())
+                .linear(&self.weight, self.bias.as_ref())
+                .to_kind(x.kind())
+        };
         match &self.adapter {
             Some(a) => y + a.forward_delta(x, train),
             None => y,

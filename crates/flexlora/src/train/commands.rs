@@ -8,8 +8,11 @@ use anyhow::{Context, bail};
 use std::io::Write;
 use std::path::Path;
 
+/// Loads a finished run's config, data, best model and tokenizer, on `device` (a device name)
+/// or else the run's `training.device`.
 fn load_run(
     run_dir: &Path,
+    device: Option<&str>,
 ) -> anyhow::Result<(
     crate::config::Config,
     data::Splits,
@@ -18,7 +21,7 @@ fn load_run(
     tch::Device,
 )> {
     let config = load_run_config(run_dir)?;
-    let device = crate::device::parse_device(&config.training.device)?;
+    let device = crate::device::parse_device(device.unwrap_or(&config.training.device))?;
     let splits = data::load_splits(&config.data)?;
     let mut model = TaskModel::build(&config, splits.num_labels(), splits.task, device)?;
     let best = run_dir.join("checkpoints/best");
@@ -32,9 +35,10 @@ fn load_run(
     Ok((config, splits, model, tokenizer, device))
 }
 
-/// Evaluates the run's best checkpoint on `split` and prints every metric.
-pub fn eval(run_dir: &Path, split: &str) -> anyhow::Result<()> {
-    let (config, splits, model, tokenizer, device) = load_run(run_dir)?;
+/// Evaluates the run's best checkpoint on `split` and prints every metric; `device` replaces
+/// the run's `training.device`.
+pub fn eval(run_dir: &Path, split: &str, device: Option<&str>) -> anyhow::Result<()> {
+    let (config, splits, model, tokenizer, device) = load_run(run_dir, device)?;
     let examples = match split {
         "train" => &splits.train,
         "validation" => &splits.validation,
@@ -57,8 +61,13 @@ pub fn eval(run_dir: &Path, split: &str) -> anyhow::Result<()> {
 }
 
 /// Predicts the label of every text in `input` and writes CSV or JSONL to `output`.
-pub fn predict(run_dir: &Path, input: &Path, output: &Path) -> anyhow::Result<()> {
-    let (config, splits, model, tokenizer, device) = load_run(run_dir)?;
+pub fn predict(
+    run_dir: &Path,
+    input: &Path,
+    output: &Path,
+    device: Option<&str>,
+) -> anyhow::Result<()> {
+    let (config, splits, model, tokenizer, device) = load_run(run_dir, device)?;
     let texts = crate::embed::read_texts(input, "text")?;
     let pairs: Vec<Option<String>> = if input.extension().is_some_and(|e| e == "jsonl") {
         let content = std::fs::read_to_string(input)?;

@@ -79,6 +79,14 @@ impl TaskModel {
             }
         }
         .with_context(|| format!("model.target_modules = {:?}", config.model.target_modules))?;
+        // Mixed precision: only frozen linear layers change kind (full fine-tuning trains
+        // every weight, which stays float32).
+        let base_kind = config.training.precision.base_kind(device);
+        if base_kind != Kind::Float && m.name != MethodName::Full {
+            for l in bert.linears_mut() {
+                l.set_base_kind(base_kind);
+            }
+        }
         let classifier = SequenceClassifier::new(bert, &weights, num_labels as i64)?;
         Ok(Self {
             classifier,
