@@ -1,4 +1,8 @@
-"""What the benchmark's two Python scripts share: the PEFT model both sides are compared on."""
+"""What the benchmark's two Python scripts share: the PEFT model both sides are compared on, and
+the precision it runs in."""
+import contextlib
+
+import torch
 from transformers import BertForSequenceClassification
 from transformers.utils import logging as hf_logging
 
@@ -28,3 +32,11 @@ def peft_model(folder, spec, total_step):
             **common,
         )
     return get_peft_model(model, config)
+
+
+def precision(spec):
+    """The context a forward pass and its loss run in: bf16 autocast on the CPU when SPEC asks
+    for bf16 (flexlora's training.precision = "bf16"), else nothing."""
+    if spec.get("bf16"):
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()

@@ -20,7 +20,7 @@ started = time.perf_counter()
 import torch
 from transformers import AutoTokenizer, get_linear_schedule_with_warmup
 
-from common import peft_model
+from common import peft_model, precision
 
 folder, spec_path, data_dir, out_path = sys.argv[1:5]
 spec = json.load(open(spec_path))
@@ -62,7 +62,8 @@ def accuracy(rows):
     with torch.inference_mode():
         for i in range(0, len(rows), spec["eval_batch_size"]):
             chunk = rows[i : i + spec["eval_batch_size"]]
-            pred = model(**encode(chunk)).logits.argmax(-1)
+            with precision(spec):
+                pred = model(**encode(chunk)).logits.argmax(-1)
             correct += sum(int(p) == r["label"] for p, r in zip(pred.tolist(), chunk))
     model.train()
     return correct / max(1, len(rows))
@@ -79,7 +80,9 @@ for epoch in range(spec["epochs"]):
         rows = [train[i] for i in order[b * spec["batch_size"] : (b + 1) * spec["batch_size"]]]
         enc = encode(rows)
         labels = torch.tensor([r["label"] for r in rows])
-        model(**enc, labels=labels).loss.backward()
+        with precision(spec):
+            loss = model(**enc, labels=labels).loss
+        loss.backward()
         torch.nn.utils.clip_grad_norm_(params, spec["clip_norm"])
         opt.step()
         sched.step()

@@ -23,7 +23,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoTokenizer, get_linear_schedule_with_warmup
 
-from common import peft_model
+from common import peft_model, precision
 
 folder, spec_path = sys.argv[1:3]
 spec = json.load(open(spec_path))
@@ -46,7 +46,8 @@ step = 0
 
 def train_step():
     global step
-    out = model(**inputs, labels=labels)
+    with precision(spec):
+        out = model(**inputs, labels=labels)
     out.loss.backward()
     torch.nn.utils.clip_grad_norm_(params, spec["clip_norm"])
     opt.step()
@@ -71,7 +72,8 @@ def predict(path):
                 max_length=spec["max_length"],
                 return_tensors="pt",
             )
-            model(**enc).logits.argmax(-1)
+            with precision(spec):
+                model(**enc).logits.argmax(-1)
     seconds = time.perf_counter() - started
     model.train()
     return {"seconds": seconds, "examples": len(texts)}

@@ -134,6 +134,9 @@ fn peft_spec(
         "epochs": c.training.epochs,
         "batch_size": c.training.batch_size,
         "seed": c.training.seed,
+        // training.precision = "bf16" on our side; PEFT's side then runs its forward and loss
+        // under torch.autocast("cpu", bfloat16), the documented way to get bf16 there.
+        "bf16": c.training.precision.base_kind(tch::Device::Cpu) == tch::Kind::BFloat16,
     })
 }
 
@@ -308,6 +311,10 @@ pub fn bench(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
     let num_labels = splits.num_labels();
     let total = lora.total_steps(splits.train.len() as u64);
     let mut report = BenchReport::new(opts, threads);
+    let base = Config::load(&opts.config, &opts.overrides)?.config;
+    if base.training.precision.base_kind(tch::Device::Cpu) == tch::Kind::BFloat16 {
+        report.precision = "bf16".into();
+    }
     let started = Instant::now();
     let say = |what: &str| eprintln!("[bench {:6.1} s] {what}", started.elapsed().as_secs_f64());
 

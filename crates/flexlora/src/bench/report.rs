@@ -67,6 +67,9 @@ pub struct BenchReport {
     pub versions: String,
     /// Threads on both sides.
     pub threads: usize,
+    /// `f32`, or `bf16` (flexlora's frozen base in bfloat16, PEFT under bf16 autocast).
+    #[serde(default = "f32_name")]
+    pub precision: String,
     /// Whether this was the short mode (figures not meaningful).
     pub quick: bool,
     /// The step benchmark's shapes.
@@ -85,6 +88,10 @@ pub struct BenchReport {
     pub predict: Option<PredictRow>,
     /// Whole-job rows.
     pub jobs: Vec<JobRow>,
+}
+
+fn f32_name() -> String {
+    "f32".into()
 }
 
 fn machine() -> String {
@@ -113,6 +120,7 @@ impl BenchReport {
             machine: machine(),
             versions: String::new(),
             threads,
+            precision: f32_name(),
             quick: opts.quick,
             shapes: String::new(),
             step_gflop: 0.0,
@@ -136,6 +144,15 @@ impl BenchReport {
             self.machine, self.threads
         );
         let _ = writeln!(s, "Software: {}.\n", self.versions);
+        if self.precision != "f32" {
+            let _ = writeln!(
+                s,
+                "Precision: {} (flexlora: frozen base layers in bfloat16, `training.precision`; PEFT: \
+                 forward and loss under `torch.autocast(\"cpu\", torch.bfloat16)`). The GEMM peak \
+                 and efficiency below are float32 figures.\n",
+                self.precision
+            );
+        }
         if self.quick {
             let _ = writeln!(
                 s,
