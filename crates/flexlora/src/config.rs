@@ -106,6 +106,9 @@ pub enum DataFormat {
     Tsv,
     /// One JSON object per line.
     Jsonl,
+    /// A Hugging Face `datasets` folder written by `save_to_disk` (Arrow IPC stream files),
+    /// or one such `.arrow` file; columns by name.
+    Arrow,
 }
 
 /// A column of a CSV/TSV file or a field of a JSON line: `1` (0-based index) or `"sentence"`.

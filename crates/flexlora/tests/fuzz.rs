@@ -227,6 +227,20 @@ fn data_files_never_panic() {
             let _ = flexlora::data::load_splits(&cfg.data);
         });
     }
+    // An Arrow IPC stream file: the real MRPC pairs of a Hugging Face save_to_disk folder.
+    let arrow = common::repo_root()
+        .join("assets/hf_datasets/glue/mrpc/validation/data-00000-of-00001.arrow");
+    let seed = std::fs::read(&arrow).expect("run scripts/fetch-assets");
+    let file = dir.path().join("data.arrow");
+    let cfg = Config::load(
+        &common::repo_root().join("configs/mrpc.toml"),
+        &[format!("data.path={:?}", file.display().to_string())],
+    )
+    .unwrap()
+    .config;
+    fuzz("arrow", &seed, &file, cases(4), |_| {
+        let _ = flexlora::data::load_splits(&cfg.data);
+    });
 }
 
 #[test]

@@ -52,6 +52,7 @@
 //! Every [`DataError`] names the file, and the record (1-based, the header not counted) and
 //! the line where it starts when one record is at fault. Bad data never panics.
 
+mod arrow;
 mod glue;
 mod order;
 mod read;
@@ -129,7 +130,7 @@ pub enum DataError {
     },
     /// A column is given by index for a JSONL file, whose fields have names only.
     #[error(
-        "{path}: {key} = {index} is a column index, but JSON lines have named fields; give the field name"
+        "{path}: {key} = {index} is a column index, but JSON lines and Arrow data sets have named fields; give the field name"
     )]
     IndexOnJsonl {
         /// The data file.

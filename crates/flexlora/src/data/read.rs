@@ -29,7 +29,7 @@ pub(crate) struct RawExample {
 
 const BOM: &[u8] = b"\xEF\xBB\xBF";
 
-fn read_bytes(path: &Path) -> Result<Vec<u8>, DataError> {
+pub(crate) fn read_bytes(path: &Path) -> Result<Vec<u8>, DataError> {
     // A file far larger than memory is refused before reading starts.
     if let Ok(meta) = std::fs::metadata(path) {
         crate::resources::check(
@@ -93,8 +93,12 @@ pub(crate) fn count_records(
     format: DataFormat,
     has_header: bool,
 ) -> Result<u64, DataError> {
+    if format == DataFormat::Arrow {
+        return Ok(super::arrow::read_rows(path)?.len() as u64);
+    }
     let bytes = read_bytes(path)?;
     let n = match format {
+        DataFormat::Arrow => unreachable!("handled above"),
         DataFormat::Jsonl => jsonl_lines(path, &bytes)?.len() as u64,
         DataFormat::Csv | DataFormat::Tsv => {
             let mut reader = delimited_reader(&bytes, format);
@@ -119,10 +123,10 @@ pub(crate) fn count_records(
 /// Reads every example of `path`. An empty result is an error ([`DataError::Empty`]).
 pub(crate) fn read_examples(path: &Path, layout: &Layout) -> Result<Vec<RawExample>, DataError> {
     check_columns(path, layout)?;
-    let bytes = read_bytes(path)?;
     let examples = match layout.format {
-        DataFormat::Jsonl => read_jsonl(path, &bytes, layout)?,
-        DataFormat::Csv | DataFormat::Tsv => read_delimited(path, &bytes, layout)?,
+        DataFormat::Arrow => read_arrow(path, layout)?,
+        DataFormat::Jsonl => read_jsonl(path, &read_bytes(path)?, layout)?,
+        DataFormat::Csv | DataFormat::Tsv => read_delimited(path, &read_bytes(path)?, layout)?,
     };
     if examples.is_empty() {
         return Err(DataError::Empty {
@@ -146,7 +150,7 @@ fn columns(layout: &Layout) -> Vec<(&'static str, &Column)> {
 fn check_columns(path: &Path, layout: &Layout) -> Result<(), DataError> {
     for (key, column) in columns(layout) {
         match (layout.format, column) {
-            (DataFormat::Jsonl, Column::Index(index)) => {
+            (DataFormat::Jsonl | DataFormat::Arrow, Column::Index(index)) => {
                 return Err(DataError::IndexOnJsonl {
                     path: path.to_path_buf(),
                     key,
@@ -285,12 +289,7 @@ fn jsonl_lines<'a>(path: &Path, bytes: &'a [u8]) -> Result<Vec<(u64, &'a str)>, 
 }
 
 fn read_jsonl(path: &Path, bytes: &[u8], layout: &Layout) -> Result<Vec<RawExample>, DataError> {
-    let name = |c: &Column| match c {
-        Column::Name(n) => n.clone(),
-        Column::Index(i) => i.to_string(), // rejected by check_columns
-    };
-    let (text_key, label_key) = (name(&layout.text), name(&layout.label));
-    let pair_key = layout.text_pair.as_ref().map(name);
+    let keys = FieldKeys::of(layout);
     let mut examples = Vec::new();
     for (i, (line, text)) in jsonl_lines(path, bytes)?.into_iter().enumerate() {
         let record = i as u64 + 1;
@@ -304,6 +303,56 @@ fn read_jsonl(path: &Path, bytes: &[u8], layout: &Layout) -> Result<Vec<RawExamp
             serde_json::from_str(text).map_err(|e| err(format!("invalid JSON: {e}")))?;
         let serde_json::Value::Object(object) = value else {
             return Err(err("not a JSON object".into()));
+        };
+        examples.push(keys.example(path, record, line, &object)?);
+    }
+    Ok(examples)
+}
+
+/// The rows of a Hugging Face `save_to_disk` folder or Arrow stream file (row `n` is record
+/// and "line" `n`), mapped to examples as JSON objects are.
+fn read_arrow(path: &Path, layout: &Layout) -> Result<Vec<RawExample>, DataError> {
+    let keys = FieldKeys::of(layout);
+    super::arrow::read_rows(path)?
+        .iter()
+        .enumerate()
+        .map(|(i, row)| keys.example(path, i as u64 + 1, i as u64 + 1, row))
+        .collect()
+}
+
+/// The field names of text, pair and label in JSON objects (and Arrow rows).
+struct FieldKeys {
+    text: String,
+    pair: Option<String>,
+    label: String,
+}
+
+impl FieldKeys {
+    fn of(layout: &Layout) -> Self {
+        let name = |c: &Column| match c {
+            Column::Name(n) => n.clone(),
+            Column::Index(i) => i.to_string(), // rejected by check_columns
+        };
+        Self {
+            text: name(&layout.text),
+            pair: layout.text_pair.as_ref().map(name),
+            label: name(&layout.label),
+        }
+    }
+
+    /// The example of one object: strings for texts; a string, number or boolean label.
+    fn example(
+        &self,
+        path: &Path,
+        record: u64,
+        line: u64,
+        object: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<RawExample, DataError> {
+        let err = |message: String| DataError::Record {
+            path: path.to_path_buf(),
+            record,
+            line,
+            message,
         };
         let field = |key: &str, config_key: &str, is_label: bool| -> Result<String, DataError> {
             let value = object.get(key).ok_or_else(|| {
@@ -332,18 +381,17 @@ fn read_jsonl(path: &Path, bytes: &[u8], layout: &Layout) -> Result<Vec<RawExamp
                 ))),
             }
         };
-        examples.push(RawExample {
+        Ok(RawExample {
             record,
             line,
-            text: field(&text_key, "data.text_column", false)?,
-            text_pair: match &pair_key {
+            text: field(&self.text, "data.text_column", false)?,
+            text_pair: match &self.pair {
                 Some(k) => Some(field(k, "data.text_pair_column", false)?),
                 None => None,
             },
-            label: field(&label_key, "data.label_column", true)?,
-        });
+            label: field(&self.label, "data.label_column", true)?,
+        })
     }
-    Ok(examples)
 }
 
 fn json_kind(value: &serde_json::Value) -> &'static str {

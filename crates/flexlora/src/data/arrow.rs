@@ -1,0 +1,112 @@
+//! Hugging Face `datasets` folders written by `save_to_disk`: `state.json` lists the Arrow IPC
+//! stream files (`data-00000-of-00001.arrow`, ...) that hold the rows; `dataset_info.json`
+//! describes the features (a `ClassLabel` column stores class indices). A single `.arrow`
+//! stream file is read the same way.
+//!
+//! Rows come out as JSON objects of their scalar columns, so the JSONL code maps columns to
+//! examples and reports bad rows with the same messages. Columns of other Arrow types (lists,
+//! structs) come out as `null` and are an error only when the config names them.
+
+use super::DataError;
+use arrow_array::{Array, RecordBatch, cast::AsArray, types};
+use arrow_schema::DataType;
+use serde_json::{Map, Value};
+use std::path::{Path, PathBuf};
+
+/// The Arrow files of `path`: the files `state.json` lists (in order) when `path` is a
+/// `save_to_disk` folder, else `path` itself.
+fn arrow_files(path: &Path) -> Result<Vec<PathBuf>, DataError> {
+    if !path.is_dir() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let state = path.join("state.json");
+    let bad = |message: String| DataError::Config {
+        path: state.clone(),
+        message,
+    };
+    let text = std::fs::read_to_string(&state).map_err(|e| {
+        bad(format!(
+            "{e}; a data folder with data.format = \"arrow\" must be a Hugging Face save_to_disk folder (state.json, data-*.arrow)"
+        ))
+    })?;
+    let v: Value = serde_json::from_str(&text).map_err(|e| bad(format!("not valid JSON: {e}")))?;
+    let files = v["_data_files"]
+        .as_array()
+        .ok_or_else(|| bad("no `_data_files` list".into()))?;
+    let mut out = Vec::new();
+    for f in files {
+        let name = f["filename"]
+            .as_str()
+            .ok_or_else(|| bad("an entry of `_data_files` has no `filename` string".into()))?;
+        // Names only: a listed file must be inside the folder.
+        if name.contains('/') || name.contains('\\') || name == ".." {
+            return Err(bad(format!(
+                "`_data_files` names `{name}`, not a file of the folder"
+            )));
+        }
+        out.push(path.join(name));
+    }
+    if out.is_empty() {
+        return Err(bad("`_data_files` is empty".into()));
+    }
+    Ok(out)
+}
+
+/// The value of row `i` of `column` as JSON (scalars only; anything else is `null`).
+fn cell(column: &dyn Array, i: usize) -> Value {
+    if column.is_null(i) {
+        return Value::Null;
+    }
+    match column.data_type() {
+        DataType::Utf8 => Value::String(column.as_string::<i32>().value(i).to_string()),
+        DataType::LargeUtf8 => Value::String(column.as_string::<i64>().value(i).to_string()),
+        DataType::Boolean => Value::Bool(column.as_boolean().value(i)),
+        DataType::Int8 => column.as_primitive::<types::Int8Type>().value(i).into(),
+        DataType::Int16 => column.as_primitive::<types::Int16Type>().value(i).into(),
+        DataType::Int32 => column.as_primitive::<types::Int32Type>().value(i).into(),
+        DataType::Int64 => column.as_primitive::<types::Int64Type>().value(i).into(),
+        DataType::UInt8 => column.as_primitive::<types::UInt8Type>().value(i).into(),
+        DataType::UInt16 => column.as_primitive::<types::UInt16Type>().value(i).into(),
+        DataType::UInt32 => column.as_primitive::<types::UInt32Type>().value(i).into(),
+        DataType::UInt64 => column.as_primitive::<types::UInt64Type>().value(i).into(),
+        DataType::Float32 => finite(f64::from(
+            column.as_primitive::<types::Float32Type>().value(i),
+        )),
+        DataType::Float64 => finite(column.as_primitive::<types::Float64Type>().value(i)),
+        _ => Value::Null,
+    }
+}
+
+fn finite(x: f64) -> Value {
+    serde_json::Number::from_f64(x).map_or(Value::Null, Value::Number)
+}
+
+fn rows_of(batch: &RecordBatch, out: &mut Vec<Map<String, Value>>) {
+    let schema = batch.schema();
+    for i in 0..batch.num_rows() {
+        let mut row = Map::new();
+        for (field, column) in schema.fields().iter().zip(batch.columns()) {
+            row.insert(field.name().clone(), cell(column.as_ref(), i));
+        }
+        out.push(row);
+    }
+}
+
+/// Every row of the data set at `path` (a `save_to_disk` folder or one Arrow stream file), as
+/// JSON objects of column name to value.
+pub(crate) fn read_rows(path: &Path) -> Result<Vec<Map<String, Value>>, DataError> {
+    let mut rows = Vec::new();
+    for file in arrow_files(path)? {
+        let bytes = super::read::read_bytes(&file)?;
+        let bad = |e: &dyn std::fmt::Display| DataError::Config {
+            path: file.clone(),
+            message: format!("not a readable Arrow IPC stream: {e}"),
+        };
+        let reader = arrow_ipc::reader::StreamReader::try_new(bytes.as_slice(), None)
+            .map_err(|e| bad(&e))?;
+        for batch in reader {
+            rows_of(&batch.map_err(|e| bad(&e))?, &mut rows);
+        }
+    }
+    Ok(rows)
+}
