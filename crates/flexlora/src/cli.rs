@@ -27,6 +27,10 @@ pub enum Command {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// Size of the training split, instead of counting the data (a dry run of a recipe
+        /// whose data is not on this machine, e.g. configs/paper/).
+        #[arg(long)]
+        train_examples: Option<u64>,
     },
     /// Fine-tune a model on labelled data: FlexLoRA (default), LoRA, AdaLoRA or full fine-tuning.
     Train {
@@ -345,8 +349,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             config,
             overrides,
             json,
+            train_examples,
         } => {
-            let plan = crate::plan::SchedulePlan::from_config_file(&config, &overrides)?;
+            let plan =
+                crate::plan::SchedulePlan::from_config_file(&config, &overrides, train_examples)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&plan)?);
             } else {

@@ -28,6 +28,16 @@ pub enum StepCount {
         /// Optimiser steps per epoch.
         steps_per_epoch: u64,
     },
+    /// Epochs times optimiser steps per epoch, from a training-split size given on the command
+    /// line (`--train-examples`: a dry run without the data, e.g. of a GLUE recipe).
+    GivenExamples {
+        /// Examples in the training split.
+        train: u64,
+        /// Passes over the training split.
+        epochs: u64,
+        /// Optimiser steps per epoch.
+        steps_per_epoch: u64,
+    },
 }
 
 /// One step at which ranks move.
@@ -71,14 +81,23 @@ pub struct SchedulePlan {
 }
 
 impl SchedulePlan {
-    /// Loads and validates the config, counts the data (unless `max_steps` is set), and lists
-    /// the adjustment steps.
-    pub fn from_config_file(path: &Path, overrides: &[String]) -> anyhow::Result<Self> {
+    /// Loads and validates the config, counts the data (unless `max_steps` is set or
+    /// `train_examples` gives the training split's size), and lists the adjustment steps.
+    pub fn from_config_file(
+        path: &Path,
+        overrides: &[String],
+        train_examples: Option<u64>,
+    ) -> anyhow::Result<Self> {
         let loaded = Config::load(path, overrides)?;
         let config = &loaded.config;
-        let steps = match config.training.max_steps {
-            Some(max_steps) => StepCount::MaxSteps { max_steps },
-            None => {
+        let steps = match (config.training.max_steps, train_examples) {
+            (Some(max_steps), _) => StepCount::MaxSteps { max_steps },
+            (None, Some(train)) => StepCount::GivenExamples {
+                train,
+                epochs: config.training.epochs,
+                steps_per_epoch: config.steps_per_epoch(train),
+            },
+            (None, None) => {
                 let examples = count_examples(&config.data)?;
                 let split = split_sizes(&config.data)?;
                 let epochs = config.training.epochs;
@@ -94,6 +113,11 @@ impl SchedulePlan {
         let total_steps = match &steps {
             StepCount::MaxSteps { max_steps } => *max_steps,
             StepCount::Epochs {
+                epochs,
+                steps_per_epoch,
+                ..
+            }
+            | StepCount::GivenExamples {
                 epochs,
                 steps_per_epoch,
                 ..
@@ -163,6 +187,17 @@ impl SchedulePlan {
                     "T = {} optimiser steps: {epochs} epochs x {steps_per_epoch} steps \
                      ({examples} examples split {} train / {} validation / {} test)",
                     self.total_steps, split.train, split.validation, split.test
+                );
+            }
+            StepCount::GivenExamples {
+                train,
+                epochs,
+                steps_per_epoch,
+            } => {
+                let _ = writeln!(
+                    out,
+                    "T = {} optimiser steps: {epochs} epochs x {steps_per_epoch} steps ({train} training examples, --train-examples)",
+                    self.total_steps
                 );
             }
         }

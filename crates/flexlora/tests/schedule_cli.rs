@@ -189,3 +189,61 @@ fn invalid_toml_names_the_file_and_line() {
     assert!(err.contains("broken.toml: invalid TOML"), "{err}");
     assert!(err.contains("line 3"), "{err}");
 }
+
+/// Every recipe of configs/paper/ (the GLUE recipes for DeBERTaV3-base) dry-runs without its
+/// data: T from the training-split size its header gives, AdaLoRA's t_init / t_final / ΔT, and
+/// adjustments strictly between t_init and T - t_final.
+#[test]
+fn paper_recipes_dry_run() {
+    let dir = repo_root().join("configs/paper");
+    let mut tasks: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".toml"))
+        .collect();
+    tasks.sort();
+    assert_eq!(
+        tasks,
+        ["cola", "mnli", "mrpc", "qnli", "qqp", "rte", "sst2", "stsb"].map(|t| format!("{t}.toml"))
+    );
+    for task in tasks {
+        let path = format!("configs/paper/{task}");
+        let text = std::fs::read_to_string(repo_root().join(&path)).unwrap();
+        let train: u64 = text
+            .split("--train-examples ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{path}: no --train-examples in its header"));
+        let value = |key: &str| -> f64 {
+            text.lines()
+                .find_map(|l| l.strip_prefix(&format!("{key} = ")))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("{path}: no {key}"))
+        };
+        let plan = json(&["--config", &path, "--train-examples", &train.to_string()]);
+        let epochs = value("epochs") as u64;
+        let t = plan["total_steps"].as_u64().unwrap();
+        assert_eq!(t, epochs * train.div_ceil(32), "{path}");
+        assert_eq!(plan["t_init"].as_f64().unwrap(), value("t_init"), "{path}");
+        assert_eq!(
+            plan["t_final"].as_f64().unwrap(),
+            value("t_final"),
+            "{path}"
+        );
+        assert_eq!(
+            plan["delta_t"].as_f64().unwrap(),
+            value("delta_t"),
+            "{path}"
+        );
+        let adjustments = plan["adjustments"].as_array().unwrap();
+        assert!(!adjustments.is_empty(), "{path}");
+        let freeze = plan["freeze_step"].as_u64().unwrap();
+        for a in adjustments {
+            let s = a["step"].as_u64().unwrap();
+            assert!(s > value("t_init") as u64 && s < freeze, "{path}: step {s}");
+        }
+    }
+}
