@@ -287,6 +287,32 @@ fn tokenizer_json_never_panics() {
     });
 }
 
+/// Regression (found by the long run, docs/reliability.md): a `decoder` object that is not
+/// valid JSON (here a non-string key) made the tokenizers crate panic (`expect("Helper")`);
+/// it is a clear error naming the file.
+#[test]
+fn regression_tokenizer_decoder_with_a_non_string_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(common::minilm().join("tokenizer.json")).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    v["decoder"] = serde_json::json!("DECODER");
+    let broken = serde_json::to_string(&v)
+        .unwrap()
+        .replace("\"DECODER\"", r#"{"type":"WordPiece",1:true}"#);
+    std::fs::write(dir.path().join("tokenizer.json"), broken).unwrap();
+    let result = catch_unwind(|| TextTokenizer::from_folder(dir.path(), 32));
+    let e = match result.expect("no panic") {
+        Ok(_) => panic!("a broken tokenizer.json was accepted"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        e.contains("tokenizer.json")
+            && e.contains("not valid JSON")
+            && e.contains("key must be a string"),
+        "{e}"
+    );
+}
+
 /// The harness itself: a parser that panics on some inputs is caught and reported.
 #[test]
 fn the_harness_reports_a_panicking_parser() {

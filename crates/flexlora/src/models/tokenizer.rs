@@ -45,7 +45,15 @@ impl TextTokenizer {
                 "file not found (a Hugging Face fast tokenizer is required)".into(),
             ));
         }
-        let mut inner = Tokenizer::from_file(&path).map_err(|e| load(e.to_string()))?;
+        let bytes = std::fs::read(&path).map_err(|e| load(e.to_string()))?;
+        // The tokenizers crate panics (`expect("Helper")`) on some malformed JSON inside a
+        // `decoder` (found by the long fuzz run, docs/reliability.md): the whole file is checked
+        // as JSON here first, and any other panic inside the crate becomes an error too.
+        serde_json::from_slice::<serde::de::IgnoredAny>(&bytes)
+            .map_err(|e| load(format!("not valid JSON: {e}")))?;
+        let parsed = std::panic::catch_unwind(|| Tokenizer::from_bytes(&bytes))
+            .map_err(|_| load("the tokenizers library could not parse it (it panicked)".into()))?;
+        let mut inner = parsed.map_err(|e| load(e.to_string()))?;
         // Pad per batch ourselves; the file's own padding (e.g. a fixed 128) is switched off.
         inner.with_padding(None);
         inner
