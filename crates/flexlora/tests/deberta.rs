@@ -525,3 +525,70 @@ fn broken_configs_are_clear_errors() {
     let dir = edited_copy(&folder, &[]);
     assert!(DebertaV2Model::from_folder(dir.path(), CPU).is_ok());
 }
+
+/// DeBERTa-v3-base's real attention geometry (768 wide, 12 heads of 64, 256 buckets over 512
+/// positions) on full-length inputs, two layers and a small vocabulary to stay quick; the
+/// weights are drawn narrower (σ 0.05) so that 768-wide products stay in softmax's useful range.
+#[test]
+fn v3_base_geometry_matches_transformers() {
+    let mut config = v3_config();
+    for (k, v) in [
+        ("hidden_size", json!(768)),
+        ("num_attention_heads", json!(12)),
+        ("intermediate_size", json!(3072)),
+        ("max_position_embeddings", json!(512)),
+        ("position_buckets", json!(256)),
+    ] {
+        config[k] = v;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let spec = json!({"config": config, "seed": 8, "num_labels": LABELS, "std": 0.05});
+    std::fs::write(dir.path().join("spec.json"), spec.to_string()).unwrap();
+    let case = Case { dir };
+    let input = batch(&[512, 300], false, 81);
+    let want = case.golden(&input_tensors(&input));
+    let (model, _) = DebertaV2Model::from_folder(&case.folder(), CPU).unwrap();
+    let hidden = tch::no_grad(|| model.forward(&input, false));
+    let d = max_abs_diff_real_tokens(&hidden, &want["hidden"], &input.attention_mask);
+    eprintln!("v3-base geometry: hidden {d:e}");
+    assert!(d <= 1e-5, "last hidden states differ by {d:e}");
+    let other = hidden_with(
+        &case.folder(),
+        &[("max_relative_positions", json!(256))],
+        &input,
+    );
+    let d = max_abs_diff_real_tokens(&other, &want["hidden"], &input.attention_mask);
+    assert!(
+        d > 1e-2,
+        "the bucket range should matter at 512 tokens (differs by {d:e})"
+    );
+}
+
+/// Dropout runs in training mode only: evaluation is deterministic, training is not, and
+/// with every dropout at zero training equals evaluation.
+#[test]
+fn dropout_only_in_training() {
+    let case = Case::new(v2_config(), 9, false);
+    let input = batch(&[20, 11], true, 91);
+    case.golden(&input_tensors(&input));
+    let (model, w) = DebertaV2Model::from_folder(&case.folder(), CPU).unwrap();
+    let clf = DebertaV2Classifier::new(model, &w, LABELS).unwrap();
+    let eval = tch::no_grad(|| clf.forward(&input, false));
+    assert!(eval.equal(&tch::no_grad(|| clf.forward(&input, false))));
+    let train = tch::no_grad(|| clf.forward(&input, true));
+    assert!(
+        max_abs_diff(&train, &eval) > 1e-4,
+        "dropout is on in training"
+    );
+    let zero = edited_copy(
+        &case.folder(),
+        &[
+            ("hidden_dropout_prob", json!(0)),
+            ("attention_probs_dropout_prob", json!(0.0)),
+        ],
+    );
+    let (model, _) = DebertaV2Model::from_folder(zero.path(), CPU).unwrap();
+    let a = tch::no_grad(|| model.forward(&input, true));
+    let b = tch::no_grad(|| model.forward(&input, false));
+    assert!(a.equal(&b), "no dropout left when every rate is zero");
+}
