@@ -592,3 +592,49 @@ fn dropout_only_in_training() {
     let b = tch::no_grad(|| model.forward(&input, false));
     assert!(a.equal(&b), "no dropout left when every rate is zero");
 }
+
+/// Configs in the form of microsoft/deberta-v3-base's and microsoft/deberta-v2-xlarge's (written
+/// from the model cards' known settings; the hub is not reachable here to copy the files) parse
+/// and pass validation with the values transformers reads: the `"p2c|c2p"` string form,
+/// `max_relative_positions = -1`, an explicit `attention_head_size`.
+#[test]
+fn checkpoint_style_configs_parse() {
+    let v3_base = json!({
+        "model_type": "deberta-v2", "attention_probs_dropout_prob": 0.1, "hidden_act": "gelu",
+        "hidden_dropout_prob": 0.1, "hidden_size": 768, "initializer_range": 0.02,
+        "intermediate_size": 3072, "max_position_embeddings": 512, "relative_attention": true,
+        "position_buckets": 256, "norm_rel_ebd": "layer_norm", "share_att_key": true,
+        "pos_att_type": "p2c|c2p", "layer_norm_eps": 1e-7, "max_relative_positions": -1,
+        "position_biased_input": false, "num_attention_heads": 12, "num_hidden_layers": 12,
+        "type_vocab_size": 0, "vocab_size": 128100
+    });
+    let v2_xlarge = json!({
+        "model_type": "deberta-v2", "attention_probs_dropout_prob": 0.1, "hidden_act": "gelu",
+        "hidden_dropout_prob": 0.1, "hidden_size": 1536, "initializer_range": 0.02,
+        "intermediate_size": 6144, "max_position_embeddings": 512, "relative_attention": true,
+        "position_buckets": 256, "norm_rel_ebd": "layer_norm", "share_att_key": true,
+        "pos_att_type": "p2c|c2p", "conv_kernel_size": 3, "conv_act": "gelu",
+        "layer_norm_eps": 1e-7, "max_relative_positions": -1, "position_biased_input": false,
+        "num_attention_heads": 24, "attention_head_size": 64, "num_hidden_layers": 24,
+        "type_vocab_size": 0, "vocab_size": 128100, "pooler_hidden_size": 1536,
+        "pooler_dropout": 0, "pooler_hidden_act": "gelu"
+    });
+    for (name, config) in [("v3-base", v3_base), ("v2-xlarge", v2_xlarge)] {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
+        let c = flexlora::models::DebertaV2Config::from_folder(dir.path()).unwrap();
+        assert_eq!(c.pos_att_type, ["p2c", "c2p"], "{name}");
+        assert!(c.c2p() && c.p2c() && c.norm_rel_embeddings(), "{name}");
+        assert_eq!(c.head_size(), 64, "{name}");
+        assert_eq!(c.max_relative_positions(), 512, "{name}");
+        assert_eq!(c.attention_span(), 256, "{name}");
+        assert_eq!(c.embedding_size(), c.hidden_size, "{name}");
+        assert_eq!(c.classifier_dropout(), 0.1, "{name}");
+        assert_eq!(c.conv_kernel_size > 0, name == "v2-xlarge");
+        // No weights file: loading the model names it.
+        let e = DebertaV2Model::from_folder(dir.path(), CPU)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("model.safetensors"), "{e}");
+    }
+}

@@ -432,7 +432,9 @@ impl DebertaV2Model {
     /// `input.token_type_ids` are ignored when `type_vocab_size` is 0 (DeBERTa-v3). Sequences
     /// must not be longer than `max_position_embeddings` when `position_biased_input` is on.
     /// Padding positions of the result are zeros (transformers leaves unused values there);
-    /// real tokens never see padding, which attention masks out as a key.
+    /// real tokens never see padding, which attention masks out as a key. Unlike
+    /// [`crate::models::BertModel::forward`], per-token work runs on the padded batch: the
+    /// v2 convolution needs the padded layout, and dynamic padding keeps the waste small.
     pub fn forward(&self, input: &EncoderInput, train: bool) -> Tensor {
         let c = &self.config;
         let (batch, len) = (input.input_ids.size()[0], input.input_ids.size()[1]);
@@ -453,6 +455,8 @@ impl DebertaV2Model {
             Some(proj) => x.linear::<Tensor>(proj, None),
             None => x,
         };
+        // Padding is zeroed after the layer norm, as in transformers: the v2 convolution reads
+        // the embeddings of a real token's neighbours, and past the end those must be zeros.
         let real = input.attention_mask.to_kind(Kind::Float).unsqueeze(-1);
         let embeddings =
             (self.embeddings_norm.forward(&x) * &real).dropout(c.hidden_dropout_prob, train);
