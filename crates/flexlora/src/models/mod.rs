@@ -1,14 +1,17 @@
 //! Pretrained models loaded from Hugging Face checkpoint folders.
 //!
 //! Architectures that load: BERT (`model_type = "bert"`, absolute position embeddings; e.g.
-//! all-MiniLM-L6-v2, paraphrase-MiniLM-L3-v2, bert-base-uncased).
+//! all-MiniLM-L6-v2, paraphrase-MiniLM-L3-v2, bert-base-uncased); DeBERTa-v2/v3
+//! (`model_type = "deberta-v2"`, [`deberta`]).
 
 pub mod bert;
+pub mod deberta;
 pub mod heads;
 pub mod hf;
 pub mod tokenizer;
 
 pub use bert::{BertConfig, BertModel, EncoderInput};
+pub use deberta::{DebertaV2Classifier, DebertaV2Config, DebertaV2Model};
 pub use heads::{SequenceClassifier, l2_normalize, mean_pool};
 pub use hf::{CheckpointError, Weights};
 pub use tokenizer::{TextTokenizer, TokenizerError};
