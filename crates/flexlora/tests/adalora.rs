@@ -191,12 +191,9 @@ fn adalora_matches_peft_step_by_step() {
         named.push((format!("init.{path}.lambda"), ad.lambda.detach().copy()));
         named.push((format!("init.{path}.Q"), ad.q.detach().copy()));
     }
-    let c = &model.classifier;
-    named.push((
-        "classifier.weight".into(),
-        c.classifier_weight.detach().copy(),
-    ));
-    named.push(("classifier.bias".into(), c.classifier_bias.detach().copy()));
+    let (cw, cb) = model.classifier.classifier();
+    named.push(("classifier.weight".into(), cw.detach().copy()));
+    named.push(("classifier.bias".into(), cb.detach().copy()));
     for (i, (input, labels)) in data.iter().enumerate() {
         named.push((format!("batch.{i}.input_ids"), input.input_ids.copy()));
         named.push((
@@ -318,10 +315,9 @@ fn adalora_matches_peft_step_by_step() {
             worst = worst.max(d);
         }
     }
-    let c = &model.classifier;
-    let head = max_abs_diff(&c.classifier_weight, &want["final.classifier.weight"]).max(
-        max_abs_diff(&c.classifier_bias, &want["final.classifier.bias"]),
-    );
+    let (cw, cb) = model.classifier.classifier();
+    let head = max_abs_diff(cw, &want["final.classifier.weight"])
+        .max(max_abs_diff(cb, &want["final.classifier.bias"]));
     eprintln!(
         "AdaLoRA vs PEFT after {STEPS} steps: adapters max |diff| {worst:e}, head {head:e}, \
          λ over all steps {worst_lambda:e}, loss {loss_diff:e}"

@@ -82,16 +82,16 @@ fn perturbed(config: &Config, seed: i64, ranks: Ranks) -> TaskModel {
             let lam = Tensor::randn([slots as i64], opts) * 0.5 * Tensor::from_slice(&mask);
             a.restore(&p, &lam, &q, active).unwrap();
         }
-        for l in m.classifier.bert.linears_mut() {
+        for l in m.classifier.linears_mut() {
             if let Some(Adapter::Lora(a)) = &mut l.adapter {
                 a.b.copy_(&(Tensor::randn(a.b.size(), opts) * 0.05));
             }
         }
-        let c = &mut m.classifier;
-        c.classifier_weight
-            .copy_(&(Tensor::randn(c.classifier_weight.size(), opts) * 0.5));
-        c.classifier_bias
-            .copy_(&(Tensor::randn(c.classifier_bias.size(), opts) * 0.1));
+        let (cw, cb) = m.classifier.classifier();
+        cw.shallow_clone()
+            .copy_(&(Tensor::randn(cw.size(), opts) * 0.5));
+        cb.shallow_clone()
+            .copy_(&(Tensor::randn(cb.size(), opts) * 0.1));
     });
     m
 }
@@ -121,7 +121,7 @@ fn logits(model: &TaskModel, folder: &Path, texts: &[String]) -> Tensor {
 
 /// Our logits with every adapter taken off (to show that the adapters matter).
 fn logits_without_adapters(mut model: TaskModel, folder: &Path, texts: &[String]) -> Tensor {
-    for l in model.classifier.bert.linears_mut() {
+    for l in model.classifier.linears_mut() {
         l.adapter = None;
     }
     logits(&model, folder, texts)
@@ -254,7 +254,7 @@ fn exported_adapters_load_in_python_peft_with_the_same_logits() {
     let small = l3();
     let l3_cfg = template(&small, &data, "flexlora");
     let l3_model = perturbed(&l3_cfg, 3, Ranks::Varied);
-    assert!(l3_model.classifier.pooler_is_new);
+    assert!(l3_model.classifier.pooler_is_new());
     let l3_run = dir.path().join("l3");
     write_run(&l3_run, &l3_cfg, &l3_model);
     peft::export_run(&l3_run, PeftFormat::Lora, &dir.path().join("l3_lora")).unwrap();

@@ -61,11 +61,10 @@ fn bf16_base_matches_f32_within_bf16_precision() {
     let (loss32, logits32, grads32, m32) = step("f32");
     let (loss16, logits16, grads16, m16) = step("bf16");
     // Where the kinds are: frozen base in bf16, everything trained in f32.
-    let linears = m16.classifier.bert.linears();
+    let linears = m16.classifier.linears();
     assert!(linears.iter().all(|l| l.weight.kind() == Kind::BFloat16));
     assert!(
         m32.classifier
-            .bert
             .linears()
             .iter()
             .all(|l| l.weight.kind() == Kind::Float)

@@ -5,12 +5,14 @@
 //! (`model_type = "deberta-v2"`, [`deberta`]).
 
 pub mod bert;
+pub mod classifier;
 pub mod deberta;
 pub mod heads;
 pub mod hf;
 pub mod tokenizer;
 
 pub use bert::{BertConfig, BertModel, EncoderInput};
+pub use classifier::{Classifier, Encoder, HfNames};
 pub use deberta::{DebertaV2Classifier, DebertaV2Config, DebertaV2Model};
 pub use heads::{SequenceClassifier, l2_normalize, mean_pool};
 pub use hf::{CheckpointError, Weights};

@@ -43,6 +43,8 @@ struct RunAdapters {
     modules: Vec<(String, RunModule)>,
     classifier: (Tensor, Tensor),
     pooler: Option<(Tensor, Tensor)>,
+    /// The base architecture's names (`bert.` or `deberta.` module paths).
+    names: crate::models::HfNames,
 }
 
 fn run_error(message: String) -> PeftError {
@@ -167,10 +169,13 @@ fn run_adapters(
     } else {
         None
     };
+    let names = crate::models::HfNames::of_folder(&config.model.path)
+        .map_err(|e| run_error(format!("the base model: {e}")))?;
     Ok(RunAdapters {
         modules,
         classifier,
         pooler,
+        names,
     })
 }
 
@@ -299,14 +304,9 @@ fn head_tensors(run: &RunAdapters, out: &mut Vec<(String, Tensor)>) {
         run.classifier.1.contiguous(),
     ));
     if let Some((w, b)) = &run.pooler {
-        out.push((
-            format!("{KEY_PREFIX}bert.pooler.dense.weight"),
-            w.contiguous(),
-        ));
-        out.push((
-            format!("{KEY_PREFIX}bert.pooler.dense.bias"),
-            b.contiguous(),
-        ));
+        let pooler = run.names.pooler;
+        out.push((format!("{KEY_PREFIX}{pooler}.weight"), w.contiguous()));
+        out.push((format!("{KEY_PREFIX}{pooler}.bias"), b.contiguous()));
     }
 }
 
@@ -357,8 +357,9 @@ fn lora_files(config: &Config, run: &RunAdapters) -> (Vec<(String, Tensor)>, Val
                 (a.contiguous(), b.contiguous(), r, *alpha)
             }
         };
-        weights.push((format!("{KEY_PREFIX}bert.{path}.lora_A.weight"), a));
-        weights.push((format!("{KEY_PREFIX}bert.{path}.lora_B.weight"), b));
+        let prefix = run.names.prefix;
+        weights.push((format!("{KEY_PREFIX}{prefix}.{path}.lora_A.weight"), a));
+        weights.push((format!("{KEY_PREFIX}{prefix}.{path}.lora_B.weight"), b));
         rank_pattern.insert(path.clone(), json!(rank));
         alpha_pattern.insert(path.clone(), number(alpha));
         targets.push(path.clone());
@@ -446,16 +447,17 @@ fn adalora_files(
             .to_kind(Kind::Float)
             .view([-1, 1])
             .contiguous();
+        let prefix = run.names.prefix;
         weights.push((
-            format!("{KEY_PREFIX}bert.{path}.lora_A"),
+            format!("{KEY_PREFIX}{prefix}.{path}.lora_A"),
             q.index_select(0, &idx).contiguous(),
         ));
-        weights.push((format!("{KEY_PREFIX}bert.{path}.lora_E"), e));
+        weights.push((format!("{KEY_PREFIX}{prefix}.{path}.lora_E"), e));
         weights.push((
-            format!("{KEY_PREFIX}bert.{path}.lora_B"),
+            format!("{KEY_PREFIX}{prefix}.{path}.lora_B"),
             p.index_select(1, &idx).contiguous(),
         ));
-        rank_pattern.insert(format!("bert.{path}.lora_E"), json!(keep));
+        rank_pattern.insert(format!("{prefix}.{path}.lora_E"), json!(keep));
         targets.push(path.clone());
     }
     head_tensors(run, &mut weights);

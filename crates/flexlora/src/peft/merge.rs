@@ -61,10 +61,12 @@ pub fn merge_run(run_dir: &Path, output: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("loading {}", run.checkpoint.display()))?;
 
     let c = &model.classifier;
-    let paths = c.bert.linear_paths();
+    let paths = c.linear_paths();
+    let names = c.hf_names();
+    let (prefix, pooler_name, architecture) = (names.prefix, names.pooler, names.architecture);
     let mut deltas: HashMap<String, Tensor> = HashMap::new();
     tch::no_grad(|| {
-        for (path, layer) in paths.iter().zip(c.bert.linears()) {
+        for (path, layer) in paths.iter().zip(c.linears()) {
             if let Some(adapter) = &layer.adapter {
                 deltas.insert(
                     format!("{path}.weight"),
@@ -75,13 +77,13 @@ pub fn merge_run(run_dir: &Path, output: &Path) -> anyhow::Result<()> {
     });
     let mut tensors: Vec<(String, Tensor)> = Vec::new();
     tch::no_grad(|| {
-        for (name, t) in c.bert.named_parameters() {
+        for (name, t) in c.encoder_parameters() {
             let t = t.detach().to_device(Device::Cpu);
             let merged = match deltas.get(&name) {
                 Some(d) => (t.to_kind(Kind::Double) + d).to_kind(Kind::Float),
                 None => t.to_kind(Kind::Float).copy(),
             };
-            tensors.push((format!("bert.{name}"), merged.contiguous()));
+            tensors.push((format!("{prefix}.{name}"), merged.contiguous()));
         }
         let cpu = |t: &Tensor| {
             t.detach()
@@ -89,10 +91,11 @@ pub fn merge_run(run_dir: &Path, output: &Path) -> anyhow::Result<()> {
                 .to_kind(Kind::Float)
                 .contiguous()
         };
-        tensors.push(("bert.pooler.dense.weight".into(), cpu(&c.pooler_weight)));
-        tensors.push(("bert.pooler.dense.bias".into(), cpu(&c.pooler_bias)));
-        tensors.push(("classifier.weight".into(), cpu(&c.classifier_weight)));
-        tensors.push(("classifier.bias".into(), cpu(&c.classifier_bias)));
+        let ((pw, pb), (cw, cb)) = (c.pooler(), c.classifier());
+        tensors.push((format!("{pooler_name}.weight"), cpu(pw)));
+        tensors.push((format!("{pooler_name}.bias"), cpu(pb)));
+        tensors.push(("classifier.weight".into(), cpu(cw)));
+        tensors.push(("classifier.bias".into(), cpu(cb)));
     });
 
     let base = &config.model.path;
@@ -102,10 +105,7 @@ pub fn merge_run(run_dir: &Path, output: &Path) -> anyhow::Result<()> {
     let mut hf: Map<String, Value> = serde_json::from_str(&text)
         .with_context(|| format!("{}: not a JSON object", config_path.display()))?;
     let labels = label_names(config, num_labels, task);
-    hf.insert(
-        "architectures".into(),
-        json!(["BertForSequenceClassification"]),
-    );
+    hf.insert("architectures".into(), json!([architecture]));
     let id2label: Map<String, Value> = labels
         .iter()
         .enumerate()

@@ -423,15 +423,30 @@ pub fn train(config: &Config, opts: &TrainOptions) -> anyhow::Result<Summary> {
 /// Refuses a batch shape (`training.batch_size` x `data.max_length` tokens) whose training step
 /// would not fit in memory (see [`crate::resources::training_step_bytes`]).
 fn check_step_memory(config: &Config) -> anyhow::Result<()> {
-    let c = crate::models::BertConfig::from_folder(&config.model.path)?;
-    let (h, i) = (c.hidden_size as u64, c.intermediate_size as u64);
-    let layers = c.num_hidden_layers as u64;
-    let embeddings = (c.vocab_size + c.max_position_embeddings + c.type_vocab_size) as u64 * h;
+    // The fields every supported encoder's config.json shares (BERT, DeBERTa-v2/v3).
+    #[derive(serde::Deserialize)]
+    struct Shape {
+        hidden_size: u64,
+        num_hidden_layers: u64,
+        num_attention_heads: u64,
+        intermediate_size: u64,
+        vocab_size: u64,
+        #[serde(default)]
+        max_position_embeddings: u64,
+        #[serde(default)]
+        type_vocab_size: u64,
+    }
+    // A config without these fields is reported precisely by the model loader that follows.
+    let Ok(c) = crate::models::hf::read_config::<Shape>(&config.model.path) else {
+        return Ok(());
+    };
+    let (h, i, layers) = (c.hidden_size, c.intermediate_size, c.num_hidden_layers);
+    let embeddings = (c.vocab_size + c.max_position_embeddings + c.type_vocab_size) * h;
     let shape = crate::resources::EncoderShape {
         layers,
         hidden: h,
         intermediate: i,
-        heads: c.num_attention_heads as u64,
+        heads: c.num_attention_heads,
         parameters: embeddings + layers * (4 * h * h + 2 * h * i),
     };
     let (batch, seq) = (config.training.batch_size, config.data.max_length as u64);

@@ -3,7 +3,7 @@
 
 use crate::adapter::{Adapter, LoraAdapter, SvdAdapter, SvdAdapterConfig, inject_adapters};
 use crate::config::{Config, MethodName, ScalePolicy, TaskKind};
-use crate::models::{BertModel, EncoderInput, SequenceClassifier};
+use crate::models::{Classifier, Encoder, EncoderInput};
 use anyhow::Context;
 use std::collections::HashMap;
 use tch::{Device, Kind, Tensor};
@@ -11,11 +11,12 @@ use tch::{Device, Kind, Tensor};
 /// Standard deviation of the initial `P` and `Q` entries (AdaLoRA and FlexLoRA, METHOD.md §1).
 pub const SVD_INIT_STD: f64 = 0.02;
 
-/// A BERT sequence classifier with the method's adapters.
+/// A sequence classifier (BERT or DeBERTa-v2/v3, by the checkpoint's `model_type`) with the
+/// method's adapters.
 #[derive(Debug)]
 pub struct TaskModel {
     /// Encoder and head.
-    pub classifier: SequenceClassifier,
+    pub classifier: Classifier,
     /// Module paths of the adapted layers, in model order (the order of every log and plot).
     pub adapted_paths: Vec<String>,
     /// The method.
@@ -34,8 +35,8 @@ impl TaskModel {
         task: TaskKind,
         device: Device,
     ) -> anyhow::Result<Self> {
-        let (mut bert, weights) = BertModel::from_folder(&config.model.path, device)?;
-        let paths = bert.linear_paths();
+        let (mut encoder, weights) = Encoder::from_folder(&config.model.path, device)?;
+        let paths = encoder.linear_paths();
         let m = &config.method;
         let opts = (Kind::Float, device);
         let adapted_paths = match m.name {
@@ -57,14 +58,14 @@ impl TaskModel {
                     init_std: SVD_INIT_STD,
                 };
                 inject_adapters(
-                    bert.linears_mut(),
+                    encoder.linears_mut(),
                     &paths,
                     &config.model.target_modules,
                     |i, o| Ok(Adapter::Svd(SvdAdapter::new(i, o, svd, opts)?)),
                 )
             }
             MethodName::Lora => inject_adapters(
-                bert.linears_mut(),
+                encoder.linears_mut(),
                 &paths,
                 &config.model.target_modules,
                 |i, o| {
@@ -74,7 +75,7 @@ impl TaskModel {
                 },
             ),
             MethodName::Full => {
-                bert.set_trainable(true);
+                encoder.set_trainable(true);
                 Ok(Vec::new())
             }
         }
@@ -83,11 +84,11 @@ impl TaskModel {
         // every weight, which stays float32).
         let base_kind = config.training.precision.base_kind(device);
         if base_kind != Kind::Float && m.name != MethodName::Full {
-            for l in bert.linears_mut() {
+            for l in encoder.linears_mut() {
                 l.set_base_kind(base_kind);
             }
         }
-        let classifier = SequenceClassifier::new(bert, &weights, num_labels as i64)?;
+        let classifier = Classifier::new(encoder, &weights, num_labels as i64)?;
         Ok(Self {
             classifier,
             adapted_paths,
@@ -99,7 +100,6 @@ impl TaskModel {
     /// The SVD adapters, in model order.
     pub fn svd_adapters(&self) -> Vec<&SvdAdapter> {
         self.classifier
-            .bert
             .linears()
             .into_iter()
             .filter_map(|l| l.svd_adapter())
@@ -109,7 +109,6 @@ impl TaskModel {
     /// The SVD adapters, mutably, in model order.
     pub fn svd_adapters_mut(&mut self) -> Vec<&mut SvdAdapter> {
         self.classifier
-            .bert
             .linears_mut()
             .into_iter()
             .filter_map(|l| l.svd_adapter_mut())
@@ -145,7 +144,7 @@ impl TaskModel {
             })
             .collect();
         let mut rest: Vec<(&Tensor, Option<usize>)> = Vec::new();
-        for l in self.classifier.bert.linears() {
+        for l in self.classifier.linears() {
             if let Some(Adapter::Lora(a)) = &l.adapter {
                 rest.push((&a.a, None));
                 rest.push((&a.b, None));
@@ -154,8 +153,7 @@ impl TaskModel {
         if self.method == MethodName::Full {
             rest.extend(
                 self.classifier
-                    .bert
-                    .named_parameters()
+                    .encoder_parameters()
                     .into_iter()
                     .map(|(_, t)| (t, None)),
             );
@@ -174,7 +172,7 @@ impl TaskModel {
     /// `r · (in + out + 1)`).
     pub fn trainable_parameters(&self) -> i64 {
         let mut n: i64 = 0;
-        for l in self.classifier.bert.linears() {
+        for l in self.classifier.linears() {
             let (i, o) = l.features();
             n += match &l.adapter {
                 Some(Adapter::Svd(a)) => a.rank() as i64 * (i + o + 1),
@@ -185,8 +183,7 @@ impl TaskModel {
         if self.method == MethodName::Full {
             n += self
                 .classifier
-                .bert
-                .named_parameters()
+                .encoder_parameters()
                 .iter()
                 .map(|(_, t)| t.numel() as i64)
                 .sum::<i64>();
@@ -201,7 +198,7 @@ impl TaskModel {
 
     /// The trainable tensors by name: adapters (`adapters.<path>.P|lambda|Q`,
     /// `adapters.<path>.lora_A|lora_B`), the head (`head.*`) and, for `full`, the encoder
-    /// (`bert.*`). Shallow handles of the live parameters (their gradients included).
+    /// (`bert.*` / `deberta.*`). Shallow handles of the live parameters (their gradients included).
     pub fn named_trainables(&self) -> Vec<(String, Tensor)> {
         let mut v = Vec::new();
         for (path, l) in self.adapted_paths.iter().zip(self.adapted_linears()) {
@@ -219,21 +216,13 @@ impl TaskModel {
             }
         }
         let c = &self.classifier;
-        v.push((
-            "head.classifier.weight".into(),
-            c.classifier_weight.shallow_clone(),
-        ));
-        v.push((
-            "head.classifier.bias".into(),
-            c.classifier_bias.shallow_clone(),
-        ));
-        if c.pooler_is_new {
-            v.push(("head.pooler.weight".into(), c.pooler_weight.shallow_clone()));
-            v.push(("head.pooler.bias".into(), c.pooler_bias.shallow_clone()));
+        for (name, t) in c.head_tensors() {
+            v.push((format!("head.{name}"), t.shallow_clone()));
         }
         if self.method == MethodName::Full {
-            for (n, t) in c.bert.named_parameters() {
-                v.push((format!("bert.{n}"), t.shallow_clone()));
+            let prefix = c.hf_names().prefix;
+            for (n, t) in c.encoder_parameters() {
+                v.push((format!("{prefix}.{n}"), t.shallow_clone()));
             }
         }
         v
@@ -284,16 +273,16 @@ impl TaskModel {
                     None => {}
                 }
             }
-            let c = &mut self.classifier;
-            c.classifier_weight.copy_(&state["head.classifier.weight"]);
-            c.classifier_bias.copy_(&state["head.classifier.bias"]);
-            if c.pooler_is_new {
-                c.pooler_weight.copy_(&state["head.pooler.weight"]);
-                c.pooler_bias.copy_(&state["head.pooler.bias"]);
+            // Shallow handles share storage with the live tensors, so the optimiser keeps
+            // pointing at what is restored here.
+            let c = &self.classifier;
+            for (name, t) in c.head_tensors() {
+                t.shallow_clone().copy_(&state[&format!("head.{name}")]);
             }
             if self.method == MethodName::Full {
-                for (n, t) in c.bert.named_parameters() {
-                    t.shallow_clone().copy_(&state[&format!("bert.{n}")]);
+                let prefix = c.hf_names().prefix;
+                for (n, t) in c.encoder_parameters() {
+                    t.shallow_clone().copy_(&state[&format!("{prefix}.{n}")]);
                 }
             }
             Ok(())
@@ -302,7 +291,6 @@ impl TaskModel {
 
     fn adapted_linears(&self) -> Vec<&crate::adapter::AdaptedLinear> {
         self.classifier
-            .bert
             .linears()
             .into_iter()
             .filter(|l| l.adapter.is_some())
@@ -311,7 +299,6 @@ impl TaskModel {
 
     fn adapted_linears_mut(&mut self) -> Vec<&mut crate::adapter::AdaptedLinear> {
         self.classifier
-            .bert
             .linears_mut()
             .into_iter()
             .filter(|l| l.adapter.is_some())

@@ -1,0 +1,274 @@
+//! One type for every encoder a task model can be built on, and for its sequence-classification
+//! head, so that training, evaluation, checkpoints and export do not depend on the
+//! architecture. The architecture is chosen by `config.json`'s `model_type`.
+
+use super::bert::{BertModel, EncoderInput};
+use super::deberta::{DebertaV2Classifier, DebertaV2Model};
+use super::heads::SequenceClassifier;
+use super::hf::{CheckpointError, Weights};
+use crate::adapter::AdaptedLinear;
+use std::path::Path;
+use tch::{Device, Tensor};
+
+/// A pretrained encoder without a head (variants boxed: the architectures differ in size).
+#[derive(Debug)]
+pub enum Encoder {
+    /// `model_type = "bert"`.
+    Bert(Box<BertModel>),
+    /// `model_type = "deberta-v2"` (DeBERTa-v2 and v3).
+    DebertaV2(Box<DebertaV2Model>),
+}
+
+/// The architecture named by `<folder>/config.json` (`bert` when the field is absent, as in
+/// transformers' BertConfig).
+fn model_type(folder: &Path) -> Result<String, CheckpointError> {
+    #[derive(serde::Deserialize)]
+    struct ModelType {
+        #[serde(default)]
+        model_type: Option<String>,
+    }
+    let t: ModelType = super::hf::read_config(folder)?;
+    Ok(t.model_type.unwrap_or_else(|| "bert".into()))
+}
+
+/// How a `...ForSequenceClassification` checkpoint of one architecture names things (PEFT's
+/// module paths and merged checkpoints use these names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HfNames {
+    /// The encoder's prefix: `bert`, `deberta`.
+    pub prefix: &'static str,
+    /// The pooler's dense layer: `bert.pooler.dense`, `pooler.dense`.
+    pub pooler: &'static str,
+    /// The class name for `architectures`.
+    pub architecture: &'static str,
+}
+
+const BERT_NAMES: HfNames = HfNames {
+    prefix: "bert",
+    pooler: "bert.pooler.dense",
+    architecture: "BertForSequenceClassification",
+};
+
+const DEBERTA_NAMES: HfNames = HfNames {
+    prefix: "deberta",
+    pooler: "pooler.dense",
+    architecture: "DebertaV2ForSequenceClassification",
+};
+
+impl HfNames {
+    /// The names for the checkpoint folder `folder` (by its `model_type`).
+    pub fn of_folder(folder: &Path) -> Result<Self, CheckpointError> {
+        Ok(match model_type(folder)?.as_str() {
+            "deberta-v2" => DEBERTA_NAMES,
+            _ => BERT_NAMES,
+        })
+    }
+}
+
+impl Encoder {
+    /// Loads the encoder of a Hugging Face folder (config.json, model.safetensors) onto
+    /// `device`, frozen, with the weights file kept for the head.
+    pub fn from_folder(folder: &Path, device: Device) -> Result<(Self, Weights), CheckpointError> {
+        match model_type(folder)?.as_str() {
+            "deberta-v2" => {
+                let (m, w) = DebertaV2Model::from_folder(folder, device)?;
+                Ok((Encoder::DebertaV2(Box::new(m)), w))
+            }
+            // Anything else is checked (and refused with the supported types) by BERT's loader.
+            _ => {
+                let (m, w) = BertModel::from_folder(folder, device)?;
+                Ok((Encoder::Bert(Box::new(m)), w))
+            }
+        }
+    }
+
+    /// Hugging Face module paths of the linear layers, in model order.
+    pub fn linear_paths(&self) -> Vec<String> {
+        match self {
+            Encoder::Bert(m) => m.linear_paths(),
+            Encoder::DebertaV2(m) => m.linear_paths(),
+        }
+    }
+
+    /// The linear layers, in the order of [`Encoder::linear_paths`].
+    pub fn linears(&self) -> Vec<&AdaptedLinear> {
+        match self {
+            Encoder::Bert(m) => m.linears(),
+            Encoder::DebertaV2(m) => m.linears(),
+        }
+    }
+
+    /// The linear layers, mutably.
+    pub fn linears_mut(&mut self) -> Vec<&mut AdaptedLinear> {
+        match self {
+            Encoder::Bert(m) => m.linears_mut(),
+            Encoder::DebertaV2(m) => m.linears_mut(),
+        }
+    }
+
+    /// Every weight by its Hugging Face name (without the architecture prefix).
+    pub fn named_parameters(&self) -> Vec<(String, &Tensor)> {
+        match self {
+            Encoder::Bert(m) => m.named_parameters(),
+            Encoder::DebertaV2(m) => m.named_parameters(),
+        }
+    }
+
+    /// Makes every encoder weight trainable (full fine-tuning) or frozen.
+    pub fn set_trainable(&mut self, trainable: bool) {
+        match self {
+            Encoder::Bert(m) => m.set_trainable(trainable),
+            Encoder::DebertaV2(m) => m.set_trainable(trainable),
+        }
+    }
+
+    /// How checkpoints of this architecture name things.
+    pub fn hf_names(&self) -> HfNames {
+        match self {
+            Encoder::Bert(_) => BERT_NAMES,
+            Encoder::DebertaV2(_) => DEBERTA_NAMES,
+        }
+    }
+}
+
+/// A sequence classifier: an encoder with its architecture's head.
+#[derive(Debug)]
+pub enum Classifier {
+    /// `BertForSequenceClassification`.
+    Bert(Box<SequenceClassifier>),
+    /// `DebertaV2ForSequenceClassification`.
+    DebertaV2(Box<DebertaV2Classifier>),
+}
+
+impl Classifier {
+    /// Puts a new head with `num_labels` outputs on `encoder` (a pooler from `weights` when the
+    /// checkpoint has one). Draws from LibTorch's global generator.
+    pub fn new(
+        encoder: Encoder,
+        weights: &Weights,
+        num_labels: i64,
+    ) -> Result<Self, CheckpointError> {
+        Ok(match encoder {
+            Encoder::Bert(m) => {
+                Classifier::Bert(Box::new(SequenceClassifier::new(*m, weights, num_labels)?))
+            }
+            Encoder::DebertaV2(m) => {
+                Classifier::DebertaV2(Box::new(DebertaV2Classifier::new(*m, weights, num_labels)?))
+            }
+        })
+    }
+
+    /// Logits `[batch, num_labels]`.
+    pub fn forward(&self, input: &EncoderInput, train: bool) -> Tensor {
+        match self {
+            Classifier::Bert(c) => c.forward(input, train),
+            Classifier::DebertaV2(c) => c.forward(input, train),
+        }
+    }
+
+    /// Hugging Face module paths of the encoder's linear layers.
+    pub fn linear_paths(&self) -> Vec<String> {
+        match self {
+            Classifier::Bert(c) => c.bert.linear_paths(),
+            Classifier::DebertaV2(c) => c.deberta.linear_paths(),
+        }
+    }
+
+    /// The encoder's linear layers.
+    pub fn linears(&self) -> Vec<&AdaptedLinear> {
+        match self {
+            Classifier::Bert(c) => c.bert.linears(),
+            Classifier::DebertaV2(c) => c.deberta.linears(),
+        }
+    }
+
+    /// The encoder's linear layers, mutably.
+    pub fn linears_mut(&mut self) -> Vec<&mut AdaptedLinear> {
+        match self {
+            Classifier::Bert(c) => c.bert.linears_mut(),
+            Classifier::DebertaV2(c) => c.deberta.linears_mut(),
+        }
+    }
+
+    /// The encoder's weights by Hugging Face name (without the architecture prefix).
+    pub fn encoder_parameters(&self) -> Vec<(String, &Tensor)> {
+        match self {
+            Classifier::Bert(c) => c.bert.named_parameters(),
+            Classifier::DebertaV2(c) => c.deberta.named_parameters(),
+        }
+    }
+
+    /// How checkpoints of this architecture name things.
+    pub fn hf_names(&self) -> HfNames {
+        match self {
+            Classifier::Bert(_) => BERT_NAMES,
+            Classifier::DebertaV2(_) => DEBERTA_NAMES,
+        }
+    }
+
+    /// The head's trainable tensors (classifier, and the pooler when it is new).
+    pub fn head_parameters(&self) -> Vec<&Tensor> {
+        match self {
+            Classifier::Bert(c) => c.head_parameters(),
+            Classifier::DebertaV2(c) => c.head_parameters(),
+        }
+    }
+
+    /// The head's tensors: classifier weight and bias, then pooler weight and bias when the
+    /// pooler is new (trained), with the names checkpoints use (`classifier.*`, `pooler.*`).
+    pub fn head_tensors(&self) -> Vec<(&'static str, &Tensor)> {
+        let (cw, cb, pw, pb, new) = match self {
+            Classifier::Bert(c) => (
+                &c.classifier_weight,
+                &c.classifier_bias,
+                &c.pooler_weight,
+                &c.pooler_bias,
+                c.pooler_is_new,
+            ),
+            Classifier::DebertaV2(c) => (
+                &c.classifier_weight,
+                &c.classifier_bias,
+                &c.pooler_weight,
+                &c.pooler_bias,
+                c.pooler_is_new,
+            ),
+        };
+        let mut v = vec![("classifier.weight", cw), ("classifier.bias", cb)];
+        if new {
+            v.extend([("pooler.weight", pw), ("pooler.bias", pb)]);
+        }
+        v
+    }
+
+    /// Whether the pooler is new (not in the checkpoint) and so trained.
+    pub fn pooler_is_new(&self) -> bool {
+        match self {
+            Classifier::Bert(c) => c.pooler_is_new,
+            Classifier::DebertaV2(c) => c.pooler_is_new,
+        }
+    }
+
+    /// The pooler's weight and bias (pretrained and frozen, or new and trained).
+    pub fn pooler(&self) -> (&Tensor, &Tensor) {
+        match self {
+            Classifier::Bert(c) => (&c.pooler_weight, &c.pooler_bias),
+            Classifier::DebertaV2(c) => (&c.pooler_weight, &c.pooler_bias),
+        }
+    }
+
+    /// The classifier's weight and bias.
+    pub fn classifier(&self) -> (&Tensor, &Tensor) {
+        match self {
+            Classifier::Bert(c) => (&c.classifier_weight, &c.classifier_bias),
+            Classifier::DebertaV2(c) => (&c.classifier_weight, &c.classifier_bias),
+        }
+    }
+
+    /// Makes every encoder weight trainable or frozen.
+    pub fn set_encoder_trainable(&mut self, trainable: bool) {
+        match self {
+            Classifier::Bert(c) => c.bert.set_trainable(trainable),
+            Classifier::DebertaV2(c) => c.deberta.set_trainable(trainable),
+        }
+    }
+}
