@@ -313,6 +313,34 @@ fn regression_tokenizer_decoder_with_a_non_string_key() {
     );
 }
 
+/// Regression (found by the long run, docs/reliability.md): one corrupt byte in the schema of
+/// an Arrow stream made arrow-ipc panic (a buffer slice past the body); it is a clear error.
+#[test]
+fn regression_arrow_stream_with_a_corrupt_schema_byte() {
+    let dir = tempfile::tempdir().unwrap();
+    let arrow = common::repo_root()
+        .join("assets/hf_datasets/glue/mrpc/validation/data-00000-of-00001.arrow");
+    let mut bytes = std::fs::read(&arrow).expect("run scripts/fetch-assets");
+    bytes[32] = 0;
+    let file = dir.path().join("data.arrow");
+    std::fs::write(&file, &bytes).unwrap();
+    let cfg = Config::load(
+        &common::repo_root().join("configs/mrpc.toml"),
+        &[format!("data.path={:?}", file.display().to_string())],
+    )
+    .unwrap()
+    .config;
+    let result = catch_unwind(AssertUnwindSafe(|| flexlora::data::load_splits(&cfg.data)));
+    let e = match result.expect("no panic") {
+        Ok(_) => panic!("a corrupt Arrow file was accepted"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        e.contains("data.arrow") && e.contains("not a readable Arrow IPC stream"),
+        "{e}"
+    );
+}
+
 /// The harness itself: a parser that panics on some inputs is caught and reported.
 #[test]
 fn the_harness_reports_a_panicking_parser() {
