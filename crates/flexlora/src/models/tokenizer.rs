@@ -1,5 +1,11 @@
 //! `tokenizer.json` through the `tokenizers` crate: truncation to a maximum length, sentence
 //! pairs with token type ids, and dynamic padding (to the longest sequence of each batch).
+//!
+//! The file's normalizer, pre-tokenizer and template are used as written. For DeBERTa-v3 that is
+//! sentencepiece's own normalization (its NFKC charsmap), so ids equal the `spm.model`'s and
+//! transformers' generic fast tokenizer on the file; transformers 5's `DebertaV2Tokenizer` class
+//! instead rebuilds the normalizer without the charsmap and turns e.g. `…` into `[UNK]`
+//! (tests/deberta_tokenizer.rs shows both).
 
 use super::bert::EncoderInput;
 use std::path::{Path, PathBuf};
@@ -41,9 +47,18 @@ impl TextTokenizer {
             message,
         };
         if !path.exists() {
-            return Err(load(
-                "file not found (a Hugging Face fast tokenizer is required)".into(),
-            ));
+            // DeBERTa-v2/v3 checkpoints often ship only the sentencepiece model, which this
+            // crate cannot read; naming the converter saves a search. (Not transformers 5's
+            // `DebertaV2Tokenizer.save_pretrained`: its normalizer drops sentencepiece's NFKC map.)
+            let hint = if folder.join("spm.model").exists() {
+                "; the folder has only a sentencepiece spm.model: convert it to tokenizer.json \
+                 with transformers' DebertaV2Converter (convert_slow_tokenizer)"
+            } else {
+                ""
+            };
+            return Err(load(format!(
+                "file not found (a Hugging Face fast tokenizer is required){hint}"
+            )));
         }
         let bytes = std::fs::read(&path).map_err(|e| load(e.to_string()))?;
         // The tokenizers crate panics (`expect("Helper")`) on some malformed JSON inside a
