@@ -440,7 +440,7 @@ fn bad_input_gives_clear_errors() {
     let e = err(&data_config(&jsonl, "format = \"jsonl\"\ntext_column = 0"));
     assert!(
         e.contains(
-            "d.jsonl: data.text_column = 0 is a column index, but JSON lines have named fields"
+            "d.jsonl: data.text_column = 0 is a column index, but JSON lines and Arrow data sets have named fields"
         ),
         "{e}"
     );

@@ -251,6 +251,27 @@ fn model_config_json_never_panics() {
     fuzz("config.json", &seed, &file, cases(1), |p| {
         let _ = flexlora::models::hf::read_config::<BertConfig>(p.parent().unwrap());
     });
+    // A DeBERTa-v3-base-style config.json (the fields of microsoft/deberta-v3-base's), through
+    // the architecture dispatch and DeBERTa's own checks.
+    let deberta = serde_json::json!({
+        "model_type": "deberta-v2", "vocab_size": 128100, "hidden_size": 768,
+        "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072,
+        "hidden_act": "gelu", "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1,
+        "max_position_embeddings": 512, "type_vocab_size": 0, "initializer_range": 0.02,
+        "layer_norm_eps": 1e-7, "relative_attention": true, "max_relative_positions": -1,
+        "position_buckets": 256, "norm_rel_ebd": "layer_norm", "share_att_key": true,
+        "pos_att_type": ["p2c", "c2p"], "position_biased_input": false, "pad_token_id": 0
+    });
+    let seed = serde_json::to_vec_pretty(&deberta).unwrap();
+    let file = dir.path().join("deberta").join("config.json");
+    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+    std::fs::write(&file, &seed).unwrap();
+    assert!(flexlora::models::DebertaV2Config::from_folder(file.parent().unwrap()).is_ok());
+    fuzz("deberta config.json", &seed, &file, cases(1), |p| {
+        let folder = p.parent().unwrap();
+        let _ = flexlora::models::DebertaV2Config::from_folder(folder);
+        let _ = flexlora::models::HfNames::of_folder(folder);
+    });
 }
 
 #[test]
