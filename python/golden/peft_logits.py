@@ -1,10 +1,12 @@
 """Golden logits from Python PEFT and transformers for adapters exported here and models merged here.
 
 Usage: peft_logits.py SPEC.json IN.safetensors OUT.safetensors
-SPEC: {"texts": [...], "max_length": int, "jobs": [job, ...]} with each job either
-  {"name": N, "base": FOLDER, "adapter": DIR, "num_labels": K}: BertForSequenceClassification on
-      the base folder with the PEFT adapter loaded by PeftModel.from_pretrained (every tensor of
-      adapter_model.safetensors must arrive in the model unchanged), or
+SPEC: {"texts": [...], "pairs": [...] (optional), "max_length": int, "jobs": [job, ...]} with
+each job either
+  {"name": N, "base": FOLDER, "adapter": DIR, "num_labels": K}: the base folder's
+      ...ForSequenceClassification (BERT, DeBERTa-v2/v3) with the PEFT adapter loaded by
+      PeftModel.from_pretrained (every tensor of adapter_model.safetensors must arrive in the
+      model unchanged), or
   {"name": N, "merged": FOLDER}: AutoModelForSequenceClassification on a merged folder, without
       PEFT (no missing or unexpected weights allowed).
 IN: unused. OUT: input_ids, attention_mask (of the first job's tokenizer) and logits.N per job.
@@ -15,7 +17,7 @@ import sys
 
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertForSequenceClassification
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
 hf_logging.set_verbosity_error()
@@ -29,7 +31,8 @@ out = {}
 
 def encode(folder):
     tok = AutoTokenizer.from_pretrained(folder)
-    enc = tok(spec["texts"], padding=True, truncation=True, max_length=spec["max_length"], return_tensors="pt")
+    args = [spec["texts"]] + ([spec["pairs"]] if spec.get("pairs") else [])
+    enc = tok(*args, padding=True, truncation=True, max_length=spec["max_length"], return_tensors="pt")
     enc.setdefault("token_type_ids", torch.zeros_like(enc["input_ids"]))
     return {k: enc[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
 
@@ -39,7 +42,7 @@ for job in spec["jobs"]:
         from peft import PeftModel, get_peft_model_state_dict
 
         inputs = encode(job["base"])
-        base = BertForSequenceClassification.from_pretrained(job["base"], num_labels=job["num_labels"])
+        base = AutoModelForSequenceClassification.from_pretrained(job["base"], num_labels=job["num_labels"])
         model = PeftModel.from_pretrained(base, job["adapter"]).eval()
         loaded = get_peft_model_state_dict(model)
         saved = load_file(os.path.join(job["adapter"], "adapter_model.safetensors"))

@@ -114,6 +114,71 @@ fn flexlora_trains_a_deberta_on_mrpc_pairs_and_exports_peft() {
         "{names:?}"
     );
     assert!(!names.iter().any(|n| n.contains("bert.")), "{names:?}");
+    // PEFT loads the exported adapter onto transformers' DebertaV2ForSequenceClassification
+    // (every tensor unchanged) and gives the probabilities our `predict` gives.
+    let pairs = [
+        (
+            "The company said profits rose .",
+            "Profits rose , the company said .",
+        ),
+        ("He left on Monday .", "The weather was cold in March ."),
+        (
+            "Shares fell 3 percent in early trading .",
+            "The stock dropped 3 % early on .",
+        ),
+    ];
+    let input = dir.path().join("pairs.jsonl");
+    let lines: String = pairs
+        .iter()
+        .map(|(a, b)| format!("{}\n", serde_json::json!({"text": a, "text_pair": b})))
+        .collect();
+    std::fs::write(&input, lines).unwrap();
+    let preds = dir.path().join("preds.jsonl");
+    let p = common::run_flexlora(&[
+        "predict".into(),
+        "--run".into(),
+        out.display().to_string(),
+        "--input".into(),
+        input.display().to_string(),
+        "--output".into(),
+        preds.display().to_string(),
+    ]);
+    assert!(p.status.success(), "{}", String::from_utf8_lossy(&p.stderr));
+    let ours: Vec<Vec<f64>> = common::jsonl(&preds)
+        .iter()
+        .map(|v| {
+            v["probabilities"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap())
+                .collect()
+        })
+        .collect();
+    let spec = dir.path().join("peft.json");
+    std::fs::write(
+        &spec,
+        serde_json::json!({
+            "texts": pairs.iter().map(|p| p.0).collect::<Vec<_>>(),
+            "pairs": pairs.iter().map(|p| p.1).collect::<Vec<_>>(),
+            "max_length": 48,
+            "jobs": [{"name": "deberta", "base": model, "adapter": out.join("adapter"), "num_labels": 2}],
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let spec_arg = spec.display().to_string();
+    let golden = common::golden_with_args("peft_logits.py", &[&spec_arg], &[]);
+    let theirs = golden["logits.deberta"].softmax(-1, tch::Kind::Double);
+    for (i, row) in ours.iter().enumerate() {
+        for (j, p) in row.iter().enumerate() {
+            let t = theirs.double_value(&[i as i64, j as i64]);
+            assert!(
+                (p - t).abs() < 1e-5,
+                "pair {i} class {j}: ours {p}, PEFT {t}"
+            );
+        }
+    }
     // eval on the finished run gives the summary's test metric.
     let e = common::run_flexlora(&["eval".into(), "--run".into(), out.display().to_string()]);
     assert!(e.status.success(), "{}", String::from_utf8_lossy(&e.stderr));
