@@ -155,6 +155,17 @@ fn flexlora_trains_a_deberta_on_mrpc_pairs_and_exports_peft() {
                 .collect()
         })
         .collect();
+    // `merge` writes a DebertaV2ForSequenceClassification folder transformers loads without
+    // PEFT (no missing or unexpected weights), with the same probabilities.
+    let merged = dir.path().join("merged");
+    let m = common::run_flexlora(&[
+        "merge".into(),
+        "--run".into(),
+        out.display().to_string(),
+        "--output".into(),
+        merged.display().to_string(),
+    ]);
+    assert!(m.status.success(), "{}", String::from_utf8_lossy(&m.stderr));
     let spec = dir.path().join("peft.json");
     std::fs::write(
         &spec,
@@ -162,21 +173,26 @@ fn flexlora_trains_a_deberta_on_mrpc_pairs_and_exports_peft() {
             "texts": pairs.iter().map(|p| p.0).collect::<Vec<_>>(),
             "pairs": pairs.iter().map(|p| p.1).collect::<Vec<_>>(),
             "max_length": 48,
-            "jobs": [{"name": "deberta", "base": model, "adapter": out.join("adapter"), "num_labels": 2}],
+            "jobs": [
+                {"name": "deberta", "base": model, "adapter": out.join("adapter"), "num_labels": 2},
+                {"name": "merged", "merged": merged},
+            ],
         })
         .to_string(),
     )
     .unwrap();
     let spec_arg = spec.display().to_string();
     let golden = common::golden_with_args("peft_logits.py", &[&spec_arg], &[]);
-    let theirs = golden["logits.deberta"].softmax(-1, tch::Kind::Double);
-    for (i, row) in ours.iter().enumerate() {
-        for (j, p) in row.iter().enumerate() {
-            let t = theirs.double_value(&[i as i64, j as i64]);
-            assert!(
-                (p - t).abs() < 1e-5,
-                "pair {i} class {j}: ours {p}, PEFT {t}"
-            );
+    for job in ["deberta", "merged"] {
+        let theirs = golden[&format!("logits.{job}")].softmax(-1, tch::Kind::Double);
+        for (i, row) in ours.iter().enumerate() {
+            for (j, p) in row.iter().enumerate() {
+                let t = theirs.double_value(&[i as i64, j as i64]);
+                assert!(
+                    (p - t).abs() < 1e-5,
+                    "{job}: pair {i} class {j}: ours {p}, theirs {t}"
+                );
+            }
         }
     }
     // eval on the finished run gives the summary's test metric.
