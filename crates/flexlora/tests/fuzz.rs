@@ -362,6 +362,38 @@ fn regression_arrow_stream_with_a_corrupt_schema_byte() {
     );
 }
 
+/// Regression (found by the long run, docs/reliability.md): a record batch whose metadata
+/// claims a body of about 2^54 bytes made arrow-ipc try to allocate it and abort the process;
+/// the stream's framing is now checked against the file first.
+#[test]
+fn regression_arrow_stream_claiming_a_huge_body() {
+    let dir = tempfile::tempdir().unwrap();
+    let arrow = common::repo_root()
+        .join("assets/hf_datasets/glue/mrpc/validation/data-00000-of-00001.arrow");
+    let mut bytes = std::fs::read(&arrow).expect("run scripts/fetch-assets");
+    // The record batch's bodyLength (an int64 in its flatbuffer metadata): 105896.
+    let at = bytes
+        .windows(8)
+        .position(|w| w == 105_896i64.to_le_bytes())
+        .expect("the body length of the MRPC batch");
+    bytes[at + 6] = 0x40;
+    let file = dir.path().join("data.arrow");
+    std::fs::write(&file, &bytes).unwrap();
+    let cfg = Config::load(
+        &common::repo_root().join("configs/mrpc.toml"),
+        &[format!("data.path={:?}", file.display().to_string())],
+    )
+    .unwrap()
+    .config;
+    let e = flexlora::data::load_splits(&cfg.data)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("claims a body of") && e.contains("data.arrow"),
+        "{e}"
+    );
+}
+
 /// The harness itself: a parser that panics on some inputs is caught and reported.
 #[test]
 fn the_harness_reports_a_panicking_parser() {

@@ -92,6 +92,49 @@ fn rows_of(batch: &RecordBatch, out: &mut Vec<Map<String, Value>>) {
     }
 }
 
+/// Walks the messages of an Arrow IPC stream (`0xFFFFFFFF`, metadata length, flatbuffer
+/// metadata, body) and checks that every length stays inside the file, before arrow-ipc sees
+/// it: arrow-ipc allocates each body at the length the metadata claims, so a corrupt length
+/// aborted the process with an allocation failure (found by the long fuzz run).
+fn check_stream_framing(bytes: &[u8]) -> Result<(), String> {
+    let word = |at: usize| -> Option<i32> {
+        bytes
+            .get(at..at + 4)
+            .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    let mut pos = 0usize;
+    while pos < bytes.len() {
+        let mut meta_len = word(pos).ok_or("a message header is cut short")?;
+        pos += 4;
+        if meta_len == -1 {
+            // The continuation marker precedes the length in the current format.
+            meta_len = word(pos).ok_or("a message header is cut short")?;
+            pos += 4;
+        }
+        if meta_len == 0 {
+            return Ok(()); // end-of-stream marker
+        }
+        let meta_len = usize::try_from(meta_len)
+            .map_err(|_| format!("a message claims {meta_len} bytes of metadata"))?;
+        let meta = bytes
+            .get(pos..pos.saturating_add(meta_len))
+            .ok_or_else(|| format!("a message claims {meta_len} bytes of metadata past the end"))?;
+        let message = arrow_ipc::root_as_message(meta)
+            .map_err(|e| format!("a message's metadata is not valid: {e}"))?;
+        pos += meta_len;
+        let body = usize::try_from(message.bodyLength())
+            .map_err(|_| format!("a message claims a body of {} bytes", message.bodyLength()))?;
+        if pos.saturating_add(body) > bytes.len() {
+            return Err(format!(
+                "a message claims a body of {body} bytes but only {} remain",
+                bytes.len() - pos
+            ));
+        }
+        pos += body;
+    }
+    Ok(())
+}
+
 /// Every row of the data set at `path` (a `save_to_disk` folder or one Arrow stream file), as
 /// JSON objects of column name to value.
 pub(crate) fn read_rows(path: &Path) -> Result<Vec<Map<String, Value>>, DataError> {
@@ -105,6 +148,7 @@ pub(crate) fn read_rows(path: &Path) -> Result<Vec<Map<String, Value>>, DataErro
         // arrow-ipc panics on some corrupt files (buffer offsets past the body, found by the
         // long fuzz run, docs/reliability.md): a panic is a corrupt file too.
         let read = std::panic::catch_unwind(|| -> Result<Vec<Map<String, Value>>, String> {
+            check_stream_framing(&bytes)?;
             let reader = arrow_ipc::reader::StreamReader::try_new(bytes.as_slice(), None)
                 .map_err(|e| e.to_string())?;
             let mut out = Vec::new();
