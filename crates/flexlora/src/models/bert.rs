@@ -3,7 +3,7 @@
 //! Every linear layer is an [`AdaptedLinear`] reachable by its Hugging Face module path
 //! (`encoder.layer.3.attention.self.query`), so adapters can be injected by PEFT-style patterns.
 
-use super::hf::{CheckpointError, Weights, read_config};
+use super::hf::{CheckpointError, LayerNorm, Weights, linear, read_config};
 use crate::adapter::AdaptedLinear;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -150,58 +150,6 @@ impl BertConfig {
         }
         Ok(c)
     }
-}
-
-/// A layer norm with its (frozen) affine parameters.
-#[derive(Debug)]
-pub struct LayerNorm {
-    weight: Tensor,
-    bias: Tensor,
-    eps: f64,
-}
-
-impl LayerNorm {
-    fn load(
-        w: &Weights,
-        prefix: &str,
-        dim: i64,
-        eps: f64,
-        device: Device,
-    ) -> Result<Self, CheckpointError> {
-        Ok(Self {
-            weight: w.tensor(&format!("{prefix}.weight"), &[dim], Kind::Float, device)?,
-            bias: w.tensor(&format!("{prefix}.bias"), &[dim], Kind::Float, device)?,
-            eps,
-        })
-    }
-
-    fn forward(&self, x: &Tensor) -> Tensor {
-        x.layer_norm(
-            [self.weight.size()[0]],
-            Some(&self.weight),
-            Some(&self.bias),
-            self.eps,
-            false,
-        )
-    }
-}
-
-fn linear(
-    w: &Weights,
-    prefix: &str,
-    out: i64,
-    inp: i64,
-    device: Device,
-) -> Result<AdaptedLinear, CheckpointError> {
-    Ok(AdaptedLinear::new(
-        w.tensor(
-            &format!("{prefix}.weight"),
-            &[out, inp],
-            Kind::Float,
-            device,
-        )?,
-        Some(w.tensor(&format!("{prefix}.bias"), &[out], Kind::Float, device)?),
-    ))
 }
 
 /// One encoder layer.

@@ -1,6 +1,7 @@
 //! Hugging Face checkpoint folders: `config.json` and `model.safetensors`, read with errors
 //! that name the file, the field or tensor, and what was expected.
 
+use crate::adapter::AdaptedLinear;
 use safetensors::{Dtype, SafeTensors};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -190,4 +191,59 @@ impl Weights {
         })?;
         Ok(t.to_kind(kind).to_device(device))
     }
+}
+
+/// A layer norm with its (frozen) affine parameters, as every encoder here loads them.
+#[derive(Debug)]
+pub struct LayerNorm {
+    pub(crate) weight: Tensor,
+    pub(crate) bias: Tensor,
+    eps: f64,
+}
+
+impl LayerNorm {
+    /// `<prefix>.weight` and `<prefix>.bias` of width `dim`.
+    pub(crate) fn load(
+        w: &Weights,
+        prefix: &str,
+        dim: i64,
+        eps: f64,
+        device: Device,
+    ) -> Result<Self, CheckpointError> {
+        Ok(Self {
+            weight: w.tensor(&format!("{prefix}.weight"), &[dim], Kind::Float, device)?,
+            bias: w.tensor(&format!("{prefix}.bias"), &[dim], Kind::Float, device)?,
+            eps,
+        })
+    }
+
+    /// Normalises over the last dimension.
+    pub(crate) fn forward(&self, x: &Tensor) -> Tensor {
+        x.layer_norm(
+            [self.weight.size()[0]],
+            Some(&self.weight),
+            Some(&self.bias),
+            self.eps,
+            false,
+        )
+    }
+}
+
+/// A frozen `nn.Linear` (`<prefix>.weight` `out × inp`, `<prefix>.bias`) ready for an adapter.
+pub(crate) fn linear(
+    w: &Weights,
+    prefix: &str,
+    out: i64,
+    inp: i64,
+    device: Device,
+) -> Result<AdaptedLinear, CheckpointError> {
+    Ok(AdaptedLinear::new(
+        w.tensor(
+            &format!("{prefix}.weight"),
+            &[out, inp],
+            Kind::Float,
+            device,
+        )?,
+        Some(w.tensor(&format!("{prefix}.bias"), &[out], Kind::Float, device)?),
+    ))
 }

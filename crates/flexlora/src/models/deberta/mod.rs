@@ -15,62 +15,10 @@ pub use config::{ATTENTION_TERMS, Activation, DebertaV2Config};
 pub use head::DebertaV2Classifier;
 
 use super::bert::EncoderInput;
-use super::hf::{CheckpointError, Weights};
+use super::hf::{CheckpointError, LayerNorm, Weights, linear};
 use crate::adapter::AdaptedLinear;
 use std::path::Path;
 use tch::{Device, Kind, Tensor};
-
-/// A layer norm with its (frozen) affine parameters.
-#[derive(Debug)]
-struct LayerNorm {
-    weight: Tensor,
-    bias: Tensor,
-    eps: f64,
-}
-
-impl LayerNorm {
-    fn load(
-        w: &Weights,
-        prefix: &str,
-        dim: i64,
-        eps: f64,
-        d: Device,
-    ) -> Result<Self, CheckpointError> {
-        Ok(Self {
-            weight: w.tensor(&format!("{prefix}.weight"), &[dim], Kind::Float, d)?,
-            bias: w.tensor(&format!("{prefix}.bias"), &[dim], Kind::Float, d)?,
-            eps,
-        })
-    }
-
-    fn forward(&self, x: &Tensor) -> Tensor {
-        x.layer_norm(
-            [self.weight.size()[0]],
-            Some(&self.weight),
-            Some(&self.bias),
-            self.eps,
-            false,
-        )
-    }
-}
-
-fn linear(
-    w: &Weights,
-    prefix: &str,
-    out: i64,
-    inp: i64,
-    device: Device,
-) -> Result<AdaptedLinear, CheckpointError> {
-    Ok(AdaptedLinear::new(
-        w.tensor(
-            &format!("{prefix}.weight"),
-            &[out, inp],
-            Kind::Float,
-            device,
-        )?,
-        Some(w.tensor(&format!("{prefix}.bias"), &[out], Kind::Float, device)?),
-    ))
-}
 
 /// One encoder layer (`encoder.layer.N`).
 #[derive(Debug)]
