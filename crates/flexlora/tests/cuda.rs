@@ -4,7 +4,7 @@
 
 mod common;
 
-use flexlora::config::{Config, TaskKind};
+use flexlora::config::TaskKind;
 use flexlora::models::TextTokenizer;
 use flexlora::train::model::TaskModel;
 use std::collections::HashMap;
@@ -22,23 +22,11 @@ fn gpu(test: &str) -> Option<Device> {
     None
 }
 
-fn config(precision: &str) -> Config {
-    let sets = vec![
-        format!("model.path={:?}", common::minilm().display().to_string()),
-        "method.dropout=0.0".to_string(),
-        "data.max_length=32".to_string(),
-        format!("training.precision=\"{precision}\""),
-    ];
-    Config::load(&common::repo_root().join("configs/default.toml"), &sets)
-        .unwrap()
-        .config
-}
-
 /// Loss, logits and adapter gradients of one forward/backward on `device`, from the trainable
 /// state `init` (made on the CPU, so both devices start from the same numbers). Dropout is off
 /// in the adapters but on in the encoder, so the model runs in eval mode.
 fn step(device: Device, precision: &str, init: &HashMap<String, Tensor>) -> (Tensor, Vec<Tensor>) {
-    let c = config(precision);
+    let c = common::minilm_config(precision);
     let mut model = TaskModel::build(&c, 2, TaskKind::Classification, device).unwrap();
     model.load_state(init).unwrap();
     let tok = TextTokenizer::from_folder(&common::minilm(), 32).unwrap();
@@ -61,8 +49,13 @@ fn step(device: Device, precision: &str, init: &HashMap<String, Tensor>) -> (Ten
 /// A CPU-made trainable state with non-zero λ (a fresh adapter's λ = 0 would hide the adapter).
 fn initial_state() -> HashMap<String, Tensor> {
     tch::manual_seed(3);
-    let mut model =
-        TaskModel::build(&config("f32"), 2, TaskKind::Classification, Device::Cpu).unwrap();
+    let mut model = TaskModel::build(
+        &common::minilm_config("f32"),
+        2,
+        TaskKind::Classification,
+        Device::Cpu,
+    )
+    .unwrap();
     tch::no_grad(|| {
         for a in model.svd_adapters_mut() {
             let _ = a.lambda.shallow_clone().normal_(0.0, 0.5);

@@ -334,15 +334,14 @@ fn regression_tokenizer_decoder_with_a_non_string_key() {
     );
 }
 
-/// Regression (found by the long run, docs/reliability.md): one corrupt byte in the schema of
-/// an Arrow stream made arrow-ipc panic (a buffer slice past the body); it is a clear error.
-#[test]
-fn regression_arrow_stream_with_a_corrupt_schema_byte() {
+/// The real MRPC Arrow stream changed by `corrupt`, in a temporary folder, with the
+/// configs/mrpc.toml data config pointing at it.
+fn corrupt_mrpc_arrow(corrupt: impl FnOnce(&mut Vec<u8>)) -> (tempfile::TempDir, Config) {
     let dir = tempfile::tempdir().unwrap();
     let arrow = common::repo_root()
         .join("assets/hf_datasets/glue/mrpc/validation/data-00000-of-00001.arrow");
     let mut bytes = std::fs::read(&arrow).expect("run scripts/fetch-assets");
-    bytes[32] = 0;
+    corrupt(&mut bytes);
     let file = dir.path().join("data.arrow");
     std::fs::write(&file, &bytes).unwrap();
     let cfg = Config::load(
@@ -351,6 +350,14 @@ fn regression_arrow_stream_with_a_corrupt_schema_byte() {
     )
     .unwrap()
     .config;
+    (dir, cfg)
+}
+
+/// Regression (found by the long run, docs/reliability.md): one corrupt byte in the schema of
+/// an Arrow stream made arrow-ipc panic (a buffer slice past the body); it is a clear error.
+#[test]
+fn regression_arrow_stream_with_a_corrupt_schema_byte() {
+    let (_dir, cfg) = corrupt_mrpc_arrow(|bytes| bytes[32] = 0);
     let result = catch_unwind(AssertUnwindSafe(|| flexlora::data::load_splits(&cfg.data)));
     let e = match result.expect("no panic") {
         Ok(_) => panic!("a corrupt Arrow file was accepted"),
@@ -367,24 +374,14 @@ fn regression_arrow_stream_with_a_corrupt_schema_byte() {
 /// the stream's framing is now checked against the file first.
 #[test]
 fn regression_arrow_stream_claiming_a_huge_body() {
-    let dir = tempfile::tempdir().unwrap();
-    let arrow = common::repo_root()
-        .join("assets/hf_datasets/glue/mrpc/validation/data-00000-of-00001.arrow");
-    let mut bytes = std::fs::read(&arrow).expect("run scripts/fetch-assets");
-    // The record batch's bodyLength (an int64 in its flatbuffer metadata): 105896.
-    let at = bytes
-        .windows(8)
-        .position(|w| w == 105_896i64.to_le_bytes())
-        .expect("the body length of the MRPC batch");
-    bytes[at + 6] = 0x40;
-    let file = dir.path().join("data.arrow");
-    std::fs::write(&file, &bytes).unwrap();
-    let cfg = Config::load(
-        &common::repo_root().join("configs/mrpc.toml"),
-        &[format!("data.path={:?}", file.display().to_string())],
-    )
-    .unwrap()
-    .config;
+    let (_dir, cfg) = corrupt_mrpc_arrow(|bytes| {
+        // The record batch's bodyLength (an int64 in its flatbuffer metadata): 105896.
+        let at = bytes
+            .windows(8)
+            .position(|w| w == 105_896i64.to_le_bytes())
+            .expect("the body length of the MRPC batch");
+        bytes[at + 6] = 0x40;
+    });
     let e = flexlora::data::load_splits(&cfg.data)
         .unwrap_err()
         .to_string();

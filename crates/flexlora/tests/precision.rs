@@ -11,24 +11,12 @@ use flexlora::models::TextTokenizer;
 use flexlora::train::model::TaskModel;
 use tch::{Device, Kind, Tensor};
 
-fn config(precision: &str) -> Config {
-    let sets = vec![
-        format!("model.path={:?}", common::minilm().display().to_string()),
-        "method.dropout=0.0".to_string(),
-        "data.max_length=32".to_string(),
-        format!("training.precision=\"{precision}\""),
-    ];
-    Config::load(&common::repo_root().join("configs/default.toml"), &sets)
-        .unwrap()
-        .config
-}
-
 /// Loss, logits and every adapter gradient of one forward/backward on 16 real sentences, for a
 /// model whose adapters were given non-zero `P` and `λ` (a fresh adapter has `λ = 0`, which
 /// would make the comparison trivial).
 fn step(precision: &str) -> (f64, Tensor, Vec<Tensor>, TaskModel) {
     tch::manual_seed(3);
-    let c = config(precision);
+    let c = common::minilm_config(precision);
     let mut model = TaskModel::build(&c, 2, TaskKind::Classification, Device::Cpu).unwrap();
     tch::no_grad(|| {
         for a in model.svd_adapters_mut() {

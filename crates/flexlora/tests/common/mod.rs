@@ -176,3 +176,17 @@ pub fn assert_close(what: &str, a: &Tensor, b: &Tensor, tol: f64) {
     let e = rel_err(a, b);
     assert!(e <= tol, "{what}: relative error {e:e} > {tol:e}");
 }
+
+/// configs/default.toml on the real all-MiniLM-L6-v2 with adapter dropout off, 32 tokens and
+/// `training.precision = precision` (the precision and CUDA tests' model).
+pub fn minilm_config(precision: &str) -> flexlora::config::Config {
+    let sets = vec![
+        format!("model.path={:?}", minilm().display().to_string()),
+        "method.dropout=0.0".to_string(),
+        "data.max_length=32".to_string(),
+        format!("training.precision=\"{precision}\""),
+    ];
+    flexlora::config::Config::load(&repo_root().join("configs/default.toml"), &sets)
+        .unwrap()
+        .config
+}
