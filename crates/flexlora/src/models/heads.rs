@@ -19,6 +19,52 @@ pub fn l2_normalize(x: &Tensor) -> Tensor {
     x / n
 }
 
+/// The tensors of a new sequence-classification head (BERT's and DeBERTa's share the shapes
+/// and the rules; only their forward passes differ).
+pub(crate) struct NewHead {
+    pub(crate) pooler_weight: Tensor,
+    pub(crate) pooler_bias: Tensor,
+    pub(crate) pooler_is_new: bool,
+    pub(crate) classifier_weight: Tensor,
+    pub(crate) classifier_bias: Tensor,
+}
+
+/// The pooler `pooler.dense` from `weights` (frozen) when the checkpoint has one, else a new
+/// trained one; always a new classifier with `num_labels` outputs: `N(0, std²)` weights, zero
+/// biases (transformers' `_init_weights`). Draws from LibTorch's global generator, pooler first.
+pub(crate) fn new_head(
+    weights: &Weights,
+    h: i64,
+    std: f64,
+    num_labels: i64,
+    device: tch::Device,
+) -> Result<NewHead, CheckpointError> {
+    let (pooler_weight, pooler_bias, pooler_is_new) = if weights.contains("pooler.dense.weight") {
+        (
+            weights.tensor("pooler.dense.weight", &[h, h], Kind::Float, device)?,
+            weights.tensor("pooler.dense.bias", &[h], Kind::Float, device)?,
+            false,
+        )
+    } else {
+        (
+            Tensor::randn([h, h], (Kind::Float, device)) * std,
+            Tensor::zeros([h], (Kind::Float, device)),
+            true,
+        )
+    };
+    let classifier_weight =
+        (Tensor::randn([num_labels, h], (Kind::Float, device)) * std).set_requires_grad(true);
+    let classifier_bias =
+        Tensor::zeros([num_labels], (Kind::Float, device)).set_requires_grad(true);
+    Ok(NewHead {
+        pooler_weight: pooler_weight.set_requires_grad(pooler_is_new),
+        pooler_bias: pooler_bias.set_requires_grad(pooler_is_new),
+        pooler_is_new,
+        classifier_weight,
+        classifier_bias,
+    })
+}
+
 /// `BertForSequenceClassification`: pooler (`tanh(W h_[CLS] + b)`), dropout, linear.
 ///
 /// The pooler comes from the checkpoint when it has one (and stays frozen, as in the reference
@@ -50,38 +96,24 @@ impl SequenceClassifier {
         weights: &Weights,
         num_labels: i64,
     ) -> Result<Self, CheckpointError> {
-        let h = bert.config.hidden_size;
-        let device = bert.device();
-        let std = bert.config.initializer_range;
-        let (pooler_weight, pooler_bias, pooler_is_new) = if weights.contains("pooler.dense.weight")
-        {
-            (
-                weights.tensor("pooler.dense.weight", &[h, h], Kind::Float, device)?,
-                weights.tensor("pooler.dense.bias", &[h], Kind::Float, device)?,
-                false,
-            )
-        } else {
-            (
-                Tensor::randn([h, h], (Kind::Float, device)) * std,
-                Tensor::zeros([h], (Kind::Float, device)),
-                true,
-            )
-        };
-        let classifier_weight =
-            (Tensor::randn([num_labels, h], (Kind::Float, device)) * std).set_requires_grad(true);
-        let classifier_bias =
-            Tensor::zeros([num_labels], (Kind::Float, device)).set_requires_grad(true);
+        let head = new_head(
+            weights,
+            bert.config.hidden_size,
+            bert.config.initializer_range,
+            num_labels,
+            bert.device(),
+        )?;
         let dropout = bert
             .config
             .classifier_dropout
             .unwrap_or(bert.config.hidden_dropout_prob);
         Ok(Self {
             bert,
-            pooler_weight: pooler_weight.set_requires_grad(pooler_is_new),
-            pooler_bias: pooler_bias.set_requires_grad(pooler_is_new),
-            pooler_is_new,
-            classifier_weight,
-            classifier_bias,
+            pooler_weight: head.pooler_weight,
+            pooler_bias: head.pooler_bias,
+            pooler_is_new: head.pooler_is_new,
+            classifier_weight: head.classifier_weight,
+            classifier_bias: head.classifier_bias,
             dropout,
         })
     }

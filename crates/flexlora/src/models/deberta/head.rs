@@ -3,7 +3,7 @@
 use super::DebertaV2Model;
 use crate::models::bert::EncoderInput;
 use crate::models::hf::{CheckpointError, Weights};
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
 /// Sequence classification on a DeBERTa encoder: `[CLS]` state, dropout (`pooler_dropout`),
 /// dense (`pooler.dense`), `pooler_hidden_act`, dropout (`cls_dropout`, else
@@ -37,34 +37,20 @@ impl DebertaV2Classifier {
         weights: &Weights,
         num_labels: i64,
     ) -> Result<Self, CheckpointError> {
-        let h = deberta.config.hidden_size;
-        let device = deberta.device();
-        let std = deberta.config.initializer_range;
-        let (pooler_weight, pooler_bias, pooler_is_new) = if weights.contains("pooler.dense.weight")
-        {
-            (
-                weights.tensor("pooler.dense.weight", &[h, h], Kind::Float, device)?,
-                weights.tensor("pooler.dense.bias", &[h], Kind::Float, device)?,
-                false,
-            )
-        } else {
-            (
-                Tensor::randn([h, h], (Kind::Float, device)) * std,
-                Tensor::zeros([h], (Kind::Float, device)),
-                true,
-            )
-        };
-        let classifier_weight =
-            (Tensor::randn([num_labels, h], (Kind::Float, device)) * std).set_requires_grad(true);
-        let classifier_bias =
-            Tensor::zeros([num_labels], (Kind::Float, device)).set_requires_grad(true);
+        let head = crate::models::heads::new_head(
+            weights,
+            deberta.config.hidden_size,
+            deberta.config.initializer_range,
+            num_labels,
+            deberta.device(),
+        )?;
         Ok(Self {
             deberta,
-            pooler_weight: pooler_weight.set_requires_grad(pooler_is_new),
-            pooler_bias: pooler_bias.set_requires_grad(pooler_is_new),
-            pooler_is_new,
-            classifier_weight,
-            classifier_bias,
+            pooler_weight: head.pooler_weight,
+            pooler_bias: head.pooler_bias,
+            pooler_is_new: head.pooler_is_new,
+            classifier_weight: head.classifier_weight,
+            classifier_bias: head.classifier_bias,
         })
     }
 
