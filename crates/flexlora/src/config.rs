@@ -109,6 +109,23 @@ pub enum DataFormat {
     /// A Hugging Face `datasets` folder written by `save_to_disk` (Arrow IPC stream files),
     /// or one such `.arrow` file; columns by name.
     Arrow,
+    /// Grey images in IDX files (MNIST's and Fashion-MNIST's format, optionally gzipped):
+    /// `data.path` is the folder holding `train-images-idx3-ubyte[.gz]` and
+    /// `train-labels-idx1-ubyte[.gz]` (the training pool) and, optionally, the `t10k-*` pair
+    /// (the test set).
+    Idx,
+    /// Grey images as CSV rows (optionally gzipped), no header: the label in
+    /// `data.label_column` (an index) and `height × width` pixel values (integers
+    /// `0..=data.pixel_max`) in the other columns, row-major; `data.image_shape` gives the
+    /// shape.
+    PixelCsv,
+}
+
+impl DataFormat {
+    /// Whether examples are images rather than texts.
+    pub fn is_image(self) -> bool {
+        matches!(self, DataFormat::Idx | DataFormat::PixelCsv)
+    }
 }
 
 /// A column of a CSV/TSV file or a field of a JSON line: `1` (0-based index) or `"sentence"`.
@@ -231,6 +248,27 @@ pub struct DataConfig {
     /// Inputs are truncated to this many tokens.
     #[serde(default = "default_max_length")]
     pub max_length: usize,
+    /// Exactly this many training examples (overrides `train_fraction`; VTAB-1K: 800).
+    #[serde(default)]
+    pub train_examples: Option<u64>,
+    /// Exactly this many validation examples (overrides `validation_fraction`; VTAB-1K: 200).
+    #[serde(default)]
+    pub validation_examples: Option<u64>,
+    /// At most this many test examples: a seeded sample of the test set (all when unset).
+    #[serde(default)]
+    pub test_examples: Option<u64>,
+    /// `pixel_csv`: the stored images' `[height, width]`.
+    #[serde(default)]
+    pub image_shape: Option<[u32; 2]>,
+    /// `pixel_csv`: the value of a white pixel in the file (255 for 8-bit images, 16 for
+    /// scikit-learn's digits).
+    #[serde(default = "default_pixel_max")]
+    pub pixel_max: u8,
+    /// Images are resized to `image_size × image_size` pixels for the model. Default: the
+    /// model folder's `preprocessor_config.json` (crop size, else size), else its
+    /// `config.json` `image_size`.
+    #[serde(default)]
+    pub image_size: Option<u32>,
 }
 
 /// The fine-tuning methods.
@@ -245,6 +283,15 @@ pub enum MethodName {
     Adalora,
     /// Full fine-tuning (reference point, no adapters).
     Full,
+    /// Linear probe: only the new head trains, on the frozen pretrained encoder (the floor).
+    LinearProbe,
+}
+
+impl MethodName {
+    /// Whether the method puts adapters on the encoder's linear layers.
+    pub fn has_adapters(self) -> bool {
+        !matches!(self, MethodName::Full | MethodName::LinearProbe)
+    }
 }
 
 /// Which orthogonality penalty (METHOD.md §1).
@@ -505,6 +552,9 @@ fn default_validation_fraction() -> f64 {
 }
 fn default_max_length() -> usize {
     64
+}
+fn default_pixel_max() -> u8 {
+    255
 }
 fn default_r_init() -> usize {
     8

@@ -161,7 +161,7 @@ impl SchedulePlan {
                  \"flexlora\"",
                 loaded.origin
             ),
-            MethodName::Lora | MethodName::Full => {}
+            MethodName::Lora | MethodName::Full | MethodName::LinearProbe => {}
         }
         Ok(plan)
     }

@@ -37,12 +37,12 @@ pub fn check(config: &Config, origin: &str) -> Result<(), ConfigError> {
     let c = Checker { origin };
     let m = &config.method;
     c.require(
-        !config.model.target_modules.is_empty() || m.name == MethodName::Full,
+        !config.model.target_modules.is_empty() || !m.name.has_adapters(),
         "model.target_modules",
         "[]",
         "must name at least one module pattern",
     )?;
-    let adapters = m.name != MethodName::Full;
+    let adapters = m.name.has_adapters();
     if adapters {
         c.require(
             m.r_init >= 1,

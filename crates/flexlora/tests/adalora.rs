@@ -212,7 +212,12 @@ fn adalora_matches_peft_step_by_step() {
     let mut masked_steps = Vec::new();
     for t in 0..STEPS {
         let (input, labels) = &data[t as usize % BATCHES];
-        let (loss, _) = model.loss(input, &labels.to_kind(Kind::Float), false);
+        let input = flexlora::models::ModelInput::Text(EncoderInput {
+            input_ids: input.input_ids.shallow_clone(),
+            attention_mask: input.attention_mask.shallow_clone(),
+            token_type_ids: input.token_type_ids.shallow_clone(),
+        });
+        let (loss, _) = model.loss(&input, &labels.to_kind(Kind::Float), false);
         let reg = orthogonality_regulariser(model.svd_adapters(), gamma, config.method.orth_norm)
             .unwrap();
         let total = loss + reg;

@@ -32,7 +32,7 @@ fn step(device: Device, precision: &str, init: &HashMap<String, Tensor>) -> (Ten
     let tok = TextTokenizer::from_folder(&common::minilm(), 32).unwrap();
     let (pos, neg) = common::polarity_sentences(0, 8);
     let texts: Vec<&str> = pos.iter().chain(&neg).map(String::as_str).collect();
-    let input = tok.encode(&texts, None, device).unwrap();
+    let input = flexlora::models::ModelInput::Text(tok.encode(&texts, None, device).unwrap());
     let labels = Tensor::from_slice(&(0..16).map(|i| i64::from(i < 8)).collect::<Vec<_>>())
         .to_device(device);
     let (loss, logits) = model.loss(&input, &labels, false);

@@ -116,6 +116,7 @@ fn logits(model: &TaskModel, folder: &Path, texts: &[String]) -> Tensor {
     let tok = TextTokenizer::from_folder(folder, MAX_LEN).unwrap();
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
     let input = tok.encode(&refs, None, Device::Cpu).unwrap();
+    let input = flexlora::models::ModelInput::Text(input);
     tch::no_grad(|| model.classifier.forward(&input, false))
 }
 

@@ -11,7 +11,8 @@
 //! - `prune_only` / `expand_only` change the total by `Σ b(t)` (printed by `flexlora schedule`):
 //!   that is what those ablations are; the table reports every run's final total rank and
 //!   trainable parameters next to its metric;
-//! - `full` trains every weight (the ceiling, not a budget-matched method).
+//! - `full` trains every weight (the ceiling, not a budget-matched method);
+//! - `linear_probe` trains the head only on the frozen encoder (the floor).
 
 use crate::config::Config;
 
@@ -32,6 +33,7 @@ pub const NAMES: &[&str] = &[
     "adalora",
     "lora",
     "full",
+    "linear_probe",
     "nuclear",
     "frobenius",
     "sensitivity",
@@ -78,6 +80,11 @@ pub fn variant(name: &str, base: &Config) -> Option<Variant> {
         "full" => (
             "full fine-tuning of every weight (the ceiling)".to_string(),
             set("method.name", "full"),
+        ),
+        "linear_probe" => (
+            "linear probe: the new head only, on the frozen pretrained encoder (the floor)"
+                .to_string(),
+            set("method.name", "linear_probe"),
         ),
         "nuclear" | "frobenius" | "sensitivity" => flex(
             &format!("FlexLoRA with the {name} importance in place of entropy"),

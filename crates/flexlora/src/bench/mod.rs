@@ -171,7 +171,7 @@ impl<'a> OurStep<'a> {
     fn steps(
         &mut self,
         n: usize,
-        batch: &[(crate::models::EncoderInput, Tensor)],
+        batch: &[(crate::models::ModelInput, Tensor)],
     ) -> anyhow::Result<Vec<f64>> {
         let mut times = Vec::with_capacity(n);
         for _ in 0..n {
@@ -346,7 +346,7 @@ pub fn bench(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
         "{} × {} tokens ({} real, the rest padding)",
         opts.batch, opts.seq, real_tokens
     );
-    let micro = [(input, labels)];
+    let micro = [(crate::models::ModelInput::Text(input), labels)];
 
     // GEMM work and this machine's rate on the same shapes.
     let bert = crate::models::hf::read_config::<crate::models::BertConfig>(&lora.model.path)?;
@@ -442,7 +442,7 @@ pub fn bench(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
     };
     let test_file = work.join("predict.jsonl");
     write_jsonl(&test_file, &test)?;
-    let eval_tok = TextTokenizer::from_folder(&lora.model.path, lora.data.max_length)?;
+    let eval_tok = crate::models::Preprocessor::for_model(&lora.model.path, &lora.data)?;
     let mut ours_s = f64::INFINITY;
     let mut peft_s = f64::INFINITY;
     for _ in 0..if opts.quick { 1 } else { 3 } {

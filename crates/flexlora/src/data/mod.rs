@@ -54,13 +54,15 @@
 
 mod arrow;
 mod glue;
+mod images;
 mod order;
 mod read;
 
 pub use glue::GlueSpec;
+pub use images::GreyImage;
 pub use order::{BUCKET_CHUNK_BATCHES, SplitMix64, derive_seed, epoch_order, shuffled_indices};
 
-use crate::config::{DataConfig, MetricName, TaskKind};
+use crate::config::{Column, DataConfig, DataFormat, MetricName, TaskKind};
 use read::{Layout, RawExample};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -84,7 +86,7 @@ pub enum DataError {
     TooLarge(#[from] crate::resources::TooLarge),
     /// A record is malformed (too few fields, bad UTF-8 or JSON, a label that is not a number
     /// in a regression task, ...).
-    #[error("{path}: record {record} (line {line}): {message}")]
+    #[error("{path}: record {record}{}: {message}", line_note(*line))]
     Record {
         /// The data file.
         path: PathBuf,
@@ -142,7 +144,8 @@ pub enum DataError {
     },
     /// A classification label outside the label set.
     #[error(
-        "{path}: record {record} (line {line}): unknown label \"{value}\"; the allowed labels are {}",
+        "{path}: record {record}{}: unknown label \"{value}\"; the allowed labels are {}",
+        line_note(*line),
         list(allowed)
     )]
     UnknownLabel {
@@ -168,6 +171,15 @@ pub enum DataError {
     },
 }
 
+/// ` (line 7)`; nothing for binary files, whose records have no line (0).
+fn line_note(line: u64) -> String {
+    if line == 0 {
+        String::new()
+    } else {
+        format!(" (line {line})")
+    }
+}
+
 /// `"a", "b", "c"`.
 fn list(items: &[String]) -> String {
     if items.is_empty() {
@@ -183,12 +195,14 @@ fn list(items: &[String]) -> String {
 /// One labelled example.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Example {
-    /// The (first) text, trimmed.
+    /// The (first) text, trimmed; empty in an image data set.
     pub text: String,
     /// The second text of a pair task, trimmed.
     pub text_pair: Option<String>,
     /// Classification: the class index (`0..num_labels`) as `f32`; regression: the target.
     pub label: f32,
+    /// The image of an image data set (`data.format = "idx" | "pixel_csv"`).
+    pub image: Option<GreyImage>,
 }
 
 /// A data set split into train / validation / test, with its labels and metric.
@@ -268,14 +282,28 @@ struct Source {
 
 enum Files {
     Single(PathBuf),
-    Glue { train: PathBuf, test: PathBuf },
+    Glue {
+        train: PathBuf,
+        test: PathBuf,
+    },
+    /// An IDX folder (its files are looked up when read).
+    Idx(PathBuf),
+    /// A pixel CSV file.
+    PixelCsv(PathBuf),
 }
+
+/// A training pool and, when the data has one, a separate test set, each with its file.
+type Pools = (PathBuf, Vec<RawExample>, Option<(PathBuf, Vec<RawExample>)>);
 
 impl Source {
     fn of(cfg: &DataConfig) -> Self {
         match cfg.preset {
             None => Self {
-                files: Files::Single(cfg.path.clone()),
+                files: match cfg.format {
+                    DataFormat::Idx => Files::Idx(cfg.path.clone()),
+                    DataFormat::PixelCsv => Files::PixelCsv(cfg.path.clone()),
+                    _ => Files::Single(cfg.path.clone()),
+                },
                 layout: Layout {
                     format: cfg.format,
                     has_header: cfg.has_header,
@@ -375,52 +403,159 @@ impl Source {
     }
 }
 
-/// Counts the examples that [`load_splits`] would load, in all: the data file's records, or
-/// for a GLUE preset the train pool's plus the test (dev) file's. Fields are not checked.
-pub fn count_examples(data: &DataConfig) -> Result<u64, DataError> {
-    let source = Source::of(data);
-    let count = |path: &Path| source.count(path);
-    match &source.files {
-        Files::Single(path) => count(path),
-        Files::Glue { train, test } => Ok(count(train)? + count(test)?),
+impl Source {
+    /// The label column and stored shape of a pixel CSV file.
+    fn pixel_layout(&self, cfg: &DataConfig, path: &Path) -> Result<(usize, [u32; 2]), DataError> {
+        let err = |message: &str| DataError::Config {
+            path: path.to_path_buf(),
+            message: message.into(),
+        };
+        let Column::Index(label) = self.layout.label else {
+            return Err(err(
+                "data.format = \"pixel_csv\" files have no header: give data.label_column as a 0-based index",
+            ));
+        };
+        match cfg.image_shape {
+            Some([h, w]) if h > 0 && w > 0 => Ok((label, [h, w])),
+            Some(_) => Err(err("data.image_shape must be two sizes > 0")),
+            None => Err(err(
+                "data.format = \"pixel_csv\" needs data.image_shape = [height, width] of the stored images",
+            )),
+        }
     }
+
+    /// The record counts of the training pool and of the separate test set, if any.
+    fn counts(&self, cfg: &DataConfig) -> Result<(PathBuf, u64, Option<u64>), DataError> {
+        Ok(match &self.files {
+            Files::Single(path) => (path.clone(), self.count(path)?, None),
+            Files::Glue { train, test } => {
+                (train.clone(), self.count(train)?, Some(self.count(test)?))
+            }
+            Files::Idx(folder) => {
+                let (train, test) = images::idx_files(folder)?;
+                let n_test = test.as_ref().map(images::count_idx).transpose()?;
+                (train.images.clone(), images::count_idx(&train)?, n_test)
+            }
+            Files::PixelCsv(_) => {
+                let (path, pool, _) = self.read(cfg)?;
+                (path, pool.len() as u64, None)
+            }
+        })
+    }
+
+    /// The raw examples of the training pool and of the separate test set, if any.
+    fn read(&self, cfg: &DataConfig) -> Result<Pools, DataError> {
+        Ok(match &self.files {
+            Files::Single(path) => (path.clone(), read::read_examples(path, &self.layout)?, None),
+            Files::Glue { train, test } => (
+                train.clone(),
+                read::read_examples(train, &self.layout)?,
+                Some((test.clone(), read::read_examples(test, &self.layout)?)),
+            ),
+            Files::Idx(folder) => {
+                let (train, test) = images::idx_files(folder)?;
+                let test = match test {
+                    Some(t) => Some((t.images.clone(), images::read_idx(&t)?)),
+                    None => None,
+                };
+                (train.images.clone(), images::read_idx(&train)?, test)
+            }
+            Files::PixelCsv(path) => {
+                let (label, shape) = self.pixel_layout(cfg, path)?;
+                let pool = images::read_pixel_csv(path, label, shape, cfg.pixel_max)?;
+                (path.clone(), pool, None)
+            }
+        })
+    }
+}
+
+/// Counts the examples that [`load_splits`] would load, in all: the data file's records, or
+/// for a GLUE preset or an IDX folder the train pool's plus the test file's. Fields are not
+/// checked.
+pub fn count_examples(data: &DataConfig) -> Result<u64, DataError> {
+    let (_, pool, test) = Source::of(data).counts(data)?;
+    Ok(pool + test.unwrap_or(0))
 }
 
 /// The sizes of the parts [`load_splits`] would make, from record counts alone (no labels are
 /// checked): what `flexlora schedule` needs to count optimiser steps.
 pub fn split_sizes(data: &DataConfig) -> Result<SplitSizes, DataError> {
-    let source = Source::of(data);
-    let count = |path: &Path| source.count(path);
-    Ok(match &source.files {
-        Files::Single(path) => {
-            SplitSizes::of(count(path)?, data.train_fraction, data.validation_fraction)
-        }
-        Files::Glue { train, test } => {
-            SplitSizes::glue(count(train)?, data.validation_fraction, count(test)?)
-        }
-    })
+    let (path, pool, test) = Source::of(data).counts(data)?;
+    plan_sizes(data, &path, pool, test)
 }
+
+/// The sizes of the parts of a training pool of `n_pool` examples and a separate test set of
+/// `n_test` (module docs), checked to leave a training and a test set.
+fn plan_sizes(
+    cfg: &DataConfig,
+    path: &Path,
+    n_pool: u64,
+    n_test: Option<u64>,
+) -> Result<SplitSizes, DataError> {
+    let err = |message: String| DataError::Config {
+        path: cfg.path.clone(),
+        message,
+    };
+    let mut sizes = if cfg.train_examples.is_some() || cfg.validation_examples.is_some() {
+        let part = |f: f64| (n_pool as f64 * f).round() as u64;
+        let train = cfg
+            .train_examples
+            .unwrap_or_else(|| part(cfg.train_fraction));
+        let validation = cfg
+            .validation_examples
+            .unwrap_or_else(|| part(cfg.validation_fraction));
+        if train.saturating_add(validation) > n_pool {
+            return Err(err(format!(
+                "{train} training + {validation} validation examples (data.train_examples, \
+                 data.validation_examples) are more than the {n_pool} of {}",
+                path.display()
+            )));
+        }
+        SplitSizes {
+            train,
+            validation,
+            test: n_test.unwrap_or(n_pool - train - validation),
+        }
+    } else {
+        match n_test {
+            None => SplitSizes::of(n_pool, cfg.train_fraction, cfg.validation_fraction),
+            Some(t) => SplitSizes::glue(n_pool, cfg.validation_fraction, t),
+        }
+    };
+    if let Some(k) = cfg.test_examples {
+        sizes.test = sizes.test.min(k);
+    }
+    if sizes.train == 0 || sizes.test == 0 {
+        let part = if sizes.train == 0 { "training" } else { "test" };
+        return Err(err(match n_test {
+            None => format!(
+                "{n_pool} examples with train_fraction = {} and validation_fraction = {} (or \
+                 data.train_examples / validation_examples / test_examples) leave an empty {part} set",
+                cfg.train_fraction, cfg.validation_fraction
+            ),
+            Some(_) => format!(
+                "{n_pool} training examples with validation_fraction = {} (or \
+                 data.train_examples / validation_examples / test_examples) leave an empty {part} set",
+                cfg.validation_fraction
+            ),
+        }));
+    }
+    Ok(sizes)
+}
+
+/// Stream of [`derive_seed`] that samples a separate test set down to `data.test_examples`.
+const TEST_SAMPLE_STREAM: u64 = 0x7e57;
 
 /// Reads the data set of `[data]`, maps its labels and splits it (rules in the module docs).
 pub fn load_splits(cfg: &DataConfig) -> Result<Splits, DataError> {
     let source = Source::of(cfg);
     source.check(&cfg.path)?;
-    let (train_pool, test, label_names) = match &source.files {
-        Files::Single(path) => {
-            let raw = read::read_examples(path, &source.layout)?;
-            let labels = label_set(path, &source, &raw)?;
-            (convert(path, &source, &labels, raw)?, None, labels)
-        }
-        Files::Glue { train, test } => {
-            let raw_train = read::read_examples(train, &source.layout)?;
-            let raw_test = read::read_examples(test, &source.layout)?;
-            let labels = label_set(train, &source, &raw_train)?;
-            (
-                convert(train, &source, &labels, raw_train)?,
-                Some(convert(test, &source, &labels, raw_test)?),
-                labels,
-            )
-        }
+    let (pool_path, raw_pool, raw_test) = source.read(cfg)?;
+    let label_names = label_set(&pool_path, &source, &raw_pool)?;
+    let train_pool = convert(&pool_path, &source, &label_names, raw_pool)?;
+    let test = match raw_test {
+        Some((path, raw)) => Some(convert(&path, &source, &label_names, raw)?),
+        None => None,
     };
     if source.metric == MetricName::F1 && label_names.len() != 2 {
         return Err(DataError::Config {
@@ -431,38 +566,36 @@ pub fn load_splits(cfg: &DataConfig) -> Result<Splits, DataError> {
             ),
         });
     }
-    let n = train_pool.len() as u64;
-    let sizes = match &test {
-        None => SplitSizes::of(n, cfg.train_fraction, cfg.validation_fraction),
-        Some(t) => SplitSizes::glue(n, cfg.validation_fraction, t.len() as u64),
-    };
-    if sizes.train == 0 || sizes.test == 0 {
-        let part = if sizes.train == 0 { "training" } else { "test" };
-        return Err(DataError::Config {
-            path: cfg.path.clone(),
-            message: match test {
-                None => format!(
-                    "{n} examples with train_fraction = {} and validation_fraction = {} leave an empty {part} set",
-                    cfg.train_fraction, cfg.validation_fraction
-                ),
-                Some(_) => format!(
-                    "{n} training examples with validation_fraction = {} leave an empty {part} set",
-                    cfg.validation_fraction
-                ),
-            },
-        });
-    }
+    let sizes = plan_sizes(
+        cfg,
+        &pool_path,
+        train_pool.len() as u64,
+        test.as_ref().map(|t| t.len() as u64),
+    )?;
     let order = shuffled_indices(train_pool.len(), cfg.split_seed);
     let mut slots: Vec<Option<Example>> = train_pool.into_iter().map(Some).collect();
     let mut take = |indices: &[usize]| -> Vec<Example> {
         indices.iter().filter_map(|&i| slots[i].take()).collect()
     };
-    let (t, v) = (sizes.train as usize, sizes.validation as usize);
+    let (t, v, k) = (
+        sizes.train as usize,
+        sizes.validation as usize,
+        sizes.test as usize,
+    );
     let train = take(&order[..t]);
     let validation = take(&order[t..t + v]);
     let test = match test {
-        Some(test) => test,
-        None => take(&order[t + v..]),
+        // A separate test set in file order, or a seeded sample of it kept in file order.
+        Some(test) if test.len() == k => test,
+        Some(test) => {
+            let mut keep =
+                shuffled_indices(test.len(), derive_seed(cfg.split_seed, TEST_SAMPLE_STREAM));
+            keep.truncate(k);
+            keep.sort_unstable();
+            let mut slots: Vec<Option<Example>> = test.into_iter().map(Some).collect();
+            keep.iter().filter_map(|&i| slots[i].take()).collect()
+        }
+        None => take(&order[t + v..t + v + k]),
     };
     Ok(Splits {
         train,
@@ -551,6 +684,7 @@ fn convert(
                 text: r.text,
                 text_pair: r.text_pair,
                 label,
+                image: r.image,
             })
         })
         .collect()
@@ -559,7 +693,6 @@ fn convert(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Column, DataFormat};
 
     fn config(path: &Path, format: DataFormat, has_header: bool) -> DataConfig {
         DataConfig {
@@ -577,6 +710,12 @@ mod tests {
             validation_fraction: 0.25,
             split_seed: 0,
             max_length: 64,
+            train_examples: None,
+            validation_examples: None,
+            test_examples: None,
+            image_shape: None,
+            pixel_max: 255,
+            image_size: None,
         }
     }
 

@@ -25,6 +25,8 @@ pub(crate) struct RawExample {
     pub text: String,
     pub text_pair: Option<String>,
     pub label: String,
+    /// The image of an image data set.
+    pub image: Option<super::images::GreyImage>,
 }
 
 const BOM: &[u8] = b"\xEF\xBB\xBF";
@@ -99,6 +101,7 @@ pub(crate) fn count_records(
     let bytes = read_bytes(path)?;
     let n = match format {
         DataFormat::Arrow => unreachable!("handled above"),
+        DataFormat::Idx | DataFormat::PixelCsv => unreachable!("images are read by data::images"),
         DataFormat::Jsonl => jsonl_lines(path, &bytes)?.len() as u64,
         DataFormat::Csv | DataFormat::Tsv => {
             let mut reader = delimited_reader(&bytes, format);
@@ -127,6 +130,7 @@ pub(crate) fn read_examples(path: &Path, layout: &Layout) -> Result<Vec<RawExamp
         DataFormat::Arrow => read_arrow(path, layout)?,
         DataFormat::Jsonl => read_jsonl(path, &read_bytes(path)?, layout)?,
         DataFormat::Csv | DataFormat::Tsv => read_delimited(path, &read_bytes(path)?, layout)?,
+        DataFormat::Idx | DataFormat::PixelCsv => unreachable!("images are read by data::images"),
     };
     if examples.is_empty() {
         return Err(DataError::Empty {
@@ -265,6 +269,7 @@ fn read_delimited(
             text: get(&text)?,
             text_pair: pair.as_ref().map(&get).transpose()?,
             label: get(&label)?,
+            image: None,
         });
     }
     Ok(examples)
@@ -390,6 +395,7 @@ impl FieldKeys {
                 None => None,
             },
             label: field(&self.label, "data.label_column", true)?,
+            image: None,
         })
     }
 }

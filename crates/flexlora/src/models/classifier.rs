@@ -2,10 +2,11 @@
 //! head, so that training, evaluation, checkpoints and export do not depend on the
 //! architecture. The architecture is chosen by `config.json`'s `model_type`.
 
-use super::bert::{BertModel, EncoderInput};
+use super::bert::BertModel;
 use super::deberta::{DebertaV2Classifier, DebertaV2Model};
 use super::heads::SequenceClassifier;
 use super::hf::{CheckpointError, Weights};
+use super::input::ModelInput;
 use crate::adapter::AdaptedLinear;
 use std::path::Path;
 use tch::{Device, Tensor};
@@ -21,7 +22,7 @@ pub enum Encoder {
 
 /// The architecture named by `<folder>/config.json` (`bert` when the field is absent, as in
 /// transformers' BertConfig).
-fn model_type(folder: &Path) -> Result<String, CheckpointError> {
+pub(crate) fn model_type(folder: &Path) -> Result<String, CheckpointError> {
     #[derive(serde::Deserialize)]
     struct ModelType {
         #[serde(default)]
@@ -29,6 +30,11 @@ fn model_type(folder: &Path) -> Result<String, CheckpointError> {
     }
     let t: ModelType = super::hf::read_config(folder)?;
     Ok(t.model_type.unwrap_or_else(|| "bert".into()))
+}
+
+/// Whether `model_type` names a vision transformer (its inputs are images).
+pub(crate) fn is_vision(model_type: &str) -> bool {
+    matches!(model_type, "vit" | "dinov2")
 }
 
 /// How a `...ForSequenceClassification` checkpoint of one architecture names things (PEFT's
@@ -159,10 +165,10 @@ impl Classifier {
     }
 
     /// Logits `[batch, num_labels]`.
-    pub fn forward(&self, input: &EncoderInput, train: bool) -> Tensor {
+    pub fn forward(&self, input: &ModelInput, train: bool) -> Tensor {
         match self {
-            Classifier::Bert(c) => c.forward(input, train),
-            Classifier::DebertaV2(c) => c.forward(input, train),
+            Classifier::Bert(c) => c.forward(input.text(), train),
+            Classifier::DebertaV2(c) => c.forward(input.text(), train),
         }
     }
 

@@ -9,6 +9,8 @@ pub mod classifier;
 pub mod deberta;
 pub mod heads;
 pub mod hf;
+pub mod image;
+pub mod input;
 pub mod tokenizer;
 
 pub use bert::{BertConfig, BertModel, EncoderInput};
@@ -16,4 +18,6 @@ pub use classifier::{Classifier, Encoder, HfNames};
 pub use deberta::{DebertaV2Classifier, DebertaV2Config, DebertaV2Model};
 pub use heads::{SequenceClassifier, l2_normalize, mean_pool};
 pub use hf::{CheckpointError, Weights};
+pub use image::ImageProcessor;
+pub use input::{ModelInput, Preprocessor};
 pub use tokenizer::{TextTokenizer, TokenizerError};

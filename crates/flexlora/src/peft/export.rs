@@ -3,7 +3,7 @@
 use super::files::{write_dir_atomic, write_json};
 use super::{ADAPTER_CONFIG, ADAPTER_WEIGHTS, KEY_PREFIX, PeftError, RunState, model_order};
 use crate::adapter::{LoraAdapter, SvdAdapter, SvdAdapterConfig};
-use crate::config::{Config, MethodName};
+use crate::config::Config;
 use crate::train::model::SVD_INIT_STD;
 use serde_json::{Map, Value, json};
 use std::collections::{BTreeMap, HashMap};
@@ -149,9 +149,9 @@ fn run_adapters(
         modules.push((path, module));
     }
     if modules.is_empty() {
-        return Err(run_error(if m.name == MethodName::Full {
-            "a full fine-tuning run has no adapter to export; `flexlora merge` writes its \
-             weights as a Hugging Face folder"
+        return Err(run_error(if !m.name.has_adapters() {
+            "a full fine-tuning or linear-probe run has no adapter to export; `flexlora merge` \
+             writes its weights as a Hugging Face folder"
                 .into()
         } else {
             "the checkpoint holds no adapter tensors (`adapters.*`)".into()

@@ -3,7 +3,7 @@
 use super::model::TaskModel;
 use super::{eval, load_run_config, run};
 use crate::data::{self, Example};
-use crate::models::TextTokenizer;
+use crate::models::Preprocessor;
 use anyhow::{Context, bail};
 use std::io::Write;
 use std::path::Path;
@@ -17,7 +17,7 @@ fn load_run(
     crate::config::Config,
     data::Splits,
     TaskModel,
-    TextTokenizer,
+    Preprocessor,
     tch::Device,
 )> {
     let config = load_run_config(run_dir)?;
@@ -31,8 +31,8 @@ fn load_run(
         run_dir.join("checkpoints/final")
     };
     run::load_model_checkpoint(&dir, &mut model)?;
-    let tokenizer = TextTokenizer::from_folder(&config.model.path, config.data.max_length)?;
-    Ok((config, splits, model, tokenizer, device))
+    let preprocessor = Preprocessor::for_model(&config.model.path, &config.data)?;
+    Ok((config, splits, model, preprocessor, device))
 }
 
 /// Evaluates the run's best checkpoint on `split` and prints every metric; `device` replaces
@@ -68,6 +68,14 @@ pub fn predict(
     device: Option<&str>,
 ) -> anyhow::Result<()> {
     let (config, splits, model, tokenizer, device) = load_run(run_dir, device)?;
+    if config.data.format.is_image() {
+        bail!(
+            "{}: `predict` reads texts, and this run's model reads images; `flexlora eval {} \
+             --split test` evaluates it on its image data",
+            run_dir.display(),
+            run_dir.display()
+        );
+    }
     let texts = crate::embed::read_texts(input, "text")?;
     let pairs: Vec<Option<String>> = if input.extension().is_some_and(|e| e == "jsonl") {
         let content = std::fs::read_to_string(input)?;
@@ -90,6 +98,7 @@ pub fn predict(
             text: t.text.clone(),
             text_pair: p,
             label: 0.0,
+            image: None,
         })
         .collect();
     let e = eval::predict(

@@ -4,7 +4,7 @@ use super::batch_tensors;
 use super::model::TaskModel;
 use crate::config::{MetricName, TaskKind};
 use crate::data::Example;
-use crate::models::TextTokenizer;
+use crate::models::Preprocessor;
 use crate::tasks;
 use tch::{Device, Kind};
 
@@ -41,7 +41,7 @@ impl Evaluation {
 /// computes the metrics on their labels.
 pub fn evaluate(
     model: &TaskModel,
-    tokenizer: &TextTokenizer,
+    tokenizer: &Preprocessor,
     examples: &[Example],
     metric: MetricName,
     batch_size: usize,
@@ -106,7 +106,7 @@ pub fn evaluate(
 /// Class probabilities or values of unlabeled texts (labels are ignored).
 pub fn predict(
     model: &TaskModel,
-    tokenizer: &TextTokenizer,
+    tokenizer: &Preprocessor,
     examples: &[Example],
     batch_size: usize,
     device: Device,

@@ -22,7 +22,7 @@ pub mod step;
 use crate::adalora::AdaLoraAllocator;
 use crate::config::{Config, MethodName};
 use crate::data::{self, Example};
-use crate::models::TextTokenizer;
+use crate::models::{ModelInput, Preprocessor};
 use anyhow::{Context, bail};
 use checkpoint::{BestEpoch, TrainerState};
 use guards::NonFinite;
@@ -122,16 +122,11 @@ const ALLOCATION_SALT: u64 = 1 << 62;
 
 /// A batch of examples as model inputs and a label tensor.
 pub(crate) fn batch_tensors(
-    tokenizer: &TextTokenizer,
+    preprocessor: &Preprocessor,
     examples: &[&Example],
     device: Device,
-) -> anyhow::Result<(crate::models::EncoderInput, Tensor)> {
-    let texts: Vec<&str> = examples.iter().map(|e| e.text.as_str()).collect();
-    let pairs: Option<Vec<&str>> = examples
-        .iter()
-        .map(|e| e.text_pair.as_deref())
-        .collect::<Option<Vec<&str>>>();
-    let input = tokenizer.encode(&texts, pairs.as_deref(), device)?;
+) -> anyhow::Result<(ModelInput, Tensor)> {
+    let input = preprocessor.batch(examples, device)?;
     let labels: Vec<f32> = examples.iter().map(|e| e.label).collect();
     Ok((input, Tensor::from_slice(&labels).to_device(device)))
 }
@@ -173,7 +168,7 @@ pub fn train(config: &Config, opts: &TrainOptions) -> anyhow::Result<Summary> {
                 .with_context(|| format!("--init-from {}", source.display()))?;
         }
     }
-    let tokenizer = TextTokenizer::from_folder(&config.model.path, config.data.max_length)?;
+    let tokenizer = Preprocessor::for_model(&config.model.path, &config.data)?;
     let mut optimiser = step::optimiser_for(config, &model);
     let mut allocators = step::Allocators::for_model(config, &model, total_steps)?;
     let plan = step::StepPlan::new(config, total_steps);
@@ -406,7 +401,7 @@ pub fn train(config: &Config, opts: &TrainOptions) -> anyhow::Result<Summary> {
     let format = match config.method.name {
         MethodName::Flexlora | MethodName::Lora => Some(crate::peft::PeftFormat::Lora),
         MethodName::Adalora => Some(crate::peft::PeftFormat::Adalora),
-        MethodName::Full => None,
+        MethodName::Full | MethodName::LinearProbe => None,
     };
     if let Some(format) = format {
         crate::peft::export_run(&opts.output, format, &opts.output.join("adapter"))?;

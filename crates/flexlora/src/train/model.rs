@@ -3,7 +3,7 @@
 
 use crate::adapter::{Adapter, LoraAdapter, SvdAdapter, SvdAdapterConfig, inject_adapters};
 use crate::config::{Config, MethodName, ScalePolicy, TaskKind};
-use crate::models::{Classifier, Encoder, EncoderInput};
+use crate::models::{Classifier, Encoder, ModelInput};
 use anyhow::Context;
 use std::collections::HashMap;
 use tch::{Device, Kind, Tensor};
@@ -78,6 +78,7 @@ impl TaskModel {
                 encoder.set_trainable(true);
                 Ok(Vec::new())
             }
+            MethodName::LinearProbe => Ok(Vec::new()),
         }
         .with_context(|| format!("model.target_modules = {:?}", config.model.target_modules))?;
         // Mixed precision: only frozen linear layers change kind (full fine-tuning trains
@@ -117,7 +118,7 @@ impl TaskModel {
 
     /// The task loss of a batch: cross-entropy for classification, mean squared error for
     /// regression; also returns the logits.
-    pub fn loss(&self, input: &EncoderInput, labels: &Tensor, train: bool) -> (Tensor, Tensor) {
+    pub fn loss(&self, input: &ModelInput, labels: &Tensor, train: bool) -> (Tensor, Tensor) {
         let logits = self.classifier.forward(input, train);
         let loss = match self.task {
             TaskKind::Classification => {

@@ -6,7 +6,7 @@ use crate::adalora::{AdaLoraAllocator, MaskRecord};
 use crate::adapter::orthogonality_regulariser;
 use crate::allocation::{AllocationPolicy, AllocationRecord, apply_allocation};
 use crate::config::{Config, MethodName};
-use crate::models::EncoderInput;
+use crate::models::ModelInput;
 use crate::optim::{AdamW, AdamWConfig, learning_rate};
 use crate::sensitivity::SensitivityEma;
 use flexlora_core::{AdjustmentSchedule, Importance, RankAllocator};
@@ -144,7 +144,7 @@ pub struct Update {
 /// loss (without the regulariser).
 pub fn accumulate_gradients(
     model: &TaskModel,
-    micro_batches: &[(EncoderInput, Tensor)],
+    micro_batches: &[(ModelInput, Tensor)],
     config: &Config,
 ) -> f64 {
     let gamma = config.method.orth_reg_weight;
