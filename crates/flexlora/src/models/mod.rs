@@ -2,7 +2,8 @@
 //!
 //! Architectures that load: BERT (`model_type = "bert"`, absolute position embeddings; e.g.
 //! all-MiniLM-L6-v2, paraphrase-MiniLM-L3-v2, bert-base-uncased); DeBERTa-v2/v3
-//! (`model_type = "deberta-v2"`, [`deberta`]).
+//! (`model_type = "deberta-v2"`, [`deberta`]); ViT and DINOv2 (`model_type = "vit"`,
+//! `"dinov2"`, [`vit`]).
 
 pub mod bert;
 pub mod classifier;
@@ -10,6 +11,7 @@ pub mod deberta;
 pub mod heads;
 pub mod hf;
 pub mod tokenizer;
+pub mod vit;
 
 pub use bert::{BertConfig, BertModel, EncoderInput};
 pub use classifier::{Classifier, Encoder, HfNames};
@@ -17,3 +19,4 @@ pub use deberta::{DebertaV2Classifier, DebertaV2Config, DebertaV2Model};
 pub use heads::{SequenceClassifier, l2_normalize, mean_pool};
 pub use hf::{CheckpointError, Weights};
 pub use tokenizer::{TextTokenizer, TokenizerError};
+pub use vit::{VitClassifier, VitConfig, VitModel, VitVariant};
