@@ -377,3 +377,58 @@ fn dinov2_gradients_match_transformers() {
         &pixels(2, 3, 70, 42, 62),
     );
 }
+
+/// The real DINOv2 ViT-S/14 (`assets/dinov2-vits14`, converted from the ONNX saliency model by
+/// `scripts/fetch-assets vision`; 37 × 37 position grid) against transformers' `Dinov2Model`
+/// on the same folder, at 112 × 112 and 224 × 224: both resize the position embeddings.
+#[test]
+fn dinov2_vits14_matches_transformers() {
+    let folder = common::repo_root().join("assets/dinov2-vits14");
+    assert!(
+        folder.join("model.safetensors").exists(),
+        "{} is missing: run scripts/fetch-assets vision",
+        folder.display()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("spec.json");
+    std::fs::write(
+        &spec,
+        json!({"model_type": "dinov2", "bare": true}).to_string(),
+    )
+    .unwrap();
+    let inputs = [pixels(2, 3, 112, 112, 131), pixels(2, 3, 224, 224, 132)];
+    let want = common::golden_with_args(
+        "vit.py",
+        &[spec.to_str().unwrap(), folder.to_str().unwrap()],
+        &[
+            ("pixel_values.0", &inputs[0]),
+            ("pixel_values.1", &inputs[1]),
+        ],
+    );
+    let mut model = VitModel::from_folder(&folder, CPU).unwrap().0;
+    assert_eq!(model.config().grid(), [37, 37]);
+    assert_eq!(
+        model.named_parameters().len(),
+        223,
+        "every tensor of the file"
+    );
+    for (n, x) in inputs.iter().enumerate() {
+        let want = &want[&format!("hidden.{n}")];
+        let hidden = tch::no_grad(|| model.forward(x, false));
+        let d = max_abs_diff(&hidden, want);
+        let scale = want.abs().max().double_value(&[]);
+        eprintln!(
+            "ViT-S/14 {:?}: hidden {d:e} (largest |value| {scale:.1})",
+            x.size()
+        );
+        assert!(d <= TOL, "input {n}: last hidden states differ by {d:e}");
+    }
+    model.interpolation = PositionInterpolation::BicubicAntialias;
+    let other = tch::no_grad(|| model.forward(&inputs[1], false));
+    let d = max_abs_diff(&other, &want["hidden.1"]);
+    eprintln!("  antialiased position embeddings: hidden differ by {d:e}");
+    assert!(
+        d > MOVED,
+        "antialiasing should change the output (differs by {d:e})"
+    );
+}

@@ -61,8 +61,8 @@ impl VitModel {
     /// prefix of classification checkpoints; layer tensors may be spelled as `save_pretrained`
     /// writes them (`attention.attention.query`, `attention.output.dense`, ViT's
     /// `intermediate.dense`) or as transformers 5 names its modules (`attention.q_proj`,
-    /// `mlp.fc1`). A bare ViT's pooler and a missing DINOv2 `mask_token` are fine: neither
-    /// is used.
+    /// `mlp.fc1`). A bare ViT's pooler and a missing (or differently shaped) DINOv2
+    /// `mask_token` are fine: neither is used.
     pub fn from_folder(folder: &Path, device: Device) -> Result<(Self, Weights), CheckpointError> {
         let config = VitConfig::from_folder(folder)?;
         let w = Weights::read(folder, &format!("{}.", config.variant.prefix()))?;
@@ -80,9 +80,14 @@ impl VitModel {
         let h = c.hidden_size;
         let [gh, gw] = c.grid();
         let get = |name: &str, shape: &[i64]| w.tensor(name, shape, Kind::Float, device);
+        // Unused at inference: absent, or of another shape, it is simply not kept.
         let mask_token =
             match w.contains("embeddings.mask_token") && c.variant == VitVariant::Dinov2 {
-                true => Some(get("embeddings.mask_token", &[1, h])?),
+                true => match get("embeddings.mask_token", &[1, h]) {
+                    Ok(t) => Some(t),
+                    Err(CheckpointError::BadTensor { .. }) => None,
+                    Err(e) => return Err(e),
+                },
                 false => None,
             };
         let [ph, pw] = c.patch_size;
