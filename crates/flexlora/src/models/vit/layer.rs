@@ -62,8 +62,8 @@ fn saved_prefix(i: usize) -> String {
 /// layer scale on both branches.
 #[derive(Debug)]
 pub struct VitLayer {
-    /// The query, key, value and output projections, then the MLP's two layers, in the order
-    /// of `MODULES`.
+    /// `attention.q_proj`, `k_proj`, `v_proj`, `o_proj`, `mlp.fc1`, `mlp.fc2`, in this order
+    /// (the order of [`super::VitModel::linear_paths`]).
     pub linears: [AdaptedLinear; 6],
     norms: [LayerNorm; 2],
     /// DINOv2's `layer_scale1.lambda1` and `layer_scale2.lambda1` (`hidden`).
