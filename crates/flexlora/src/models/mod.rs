@@ -2,7 +2,8 @@
 //!
 //! Architectures that load: BERT (`model_type = "bert"`, absolute position embeddings; e.g.
 //! all-MiniLM-L6-v2, paraphrase-MiniLM-L3-v2, bert-base-uncased); DeBERTa-v2/v3
-//! (`model_type = "deberta-v2"`, [`deberta`]).
+//! (`model_type = "deberta-v2"`, [`deberta`]); ViT and DINOv2 (`model_type = "vit"`,
+//! `"dinov2"`, [`vit`]).
 
 pub mod bert;
 pub mod classifier;
@@ -12,6 +13,7 @@ pub mod hf;
 pub mod image;
 pub mod input;
 pub mod tokenizer;
+pub mod vit;
 
 pub use bert::{BertConfig, BertModel, EncoderInput};
 pub use classifier::{Classifier, Encoder, HfNames};
@@ -21,3 +23,4 @@ pub use hf::{CheckpointError, Weights};
 pub use image::ImageProcessor;
 pub use input::{ModelInput, Preprocessor};
 pub use tokenizer::{TextTokenizer, TokenizerError};
+pub use vit::{VitClassifier, VitConfig, VitModel, VitVariant};
