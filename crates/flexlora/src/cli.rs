@@ -46,7 +46,7 @@ pub enum Command {
         /// Data file or GLUE folder (sets data.path).
         #[arg(long)]
         data: Option<PathBuf>,
-        /// flexlora, lora, adalora or full (sets method.name).
+        /// flexlora, lora, adalora, full or linear_probe (sets method.name).
         #[arg(long)]
         method: Option<String>,
         /// Epochs (sets training.epochs).
@@ -188,7 +188,7 @@ pub enum Command {
         /// The base run config (TOML).
         #[arg(long, default_value = "configs/default.toml")]
         config: PathBuf,
-        /// Comma-separated methods: flexlora, adalora, lora, full, nuclear, frobenius,
+        /// Comma-separated methods: flexlora, adalora, lora, full, linear_probe, nuclear, frobenius,
         /// sensitivity, exact_spectrum, prune_only, expand_only, small_init, orthogonal_init,
         /// cubic_ref, linear, exp, constant.
         #[arg(long, value_delimiter = ',', required = true)]

@@ -7,6 +7,7 @@ use super::deberta::{DebertaV2Classifier, DebertaV2Model};
 use super::heads::SequenceClassifier;
 use super::hf::{CheckpointError, Weights};
 use super::input::ModelInput;
+use super::vit::{VitClassifier, VitModel};
 use crate::adapter::AdaptedLinear;
 use std::path::Path;
 use tch::{Device, Tensor};
@@ -18,6 +19,8 @@ pub enum Encoder {
     Bert(Box<BertModel>),
     /// `model_type = "deberta-v2"` (DeBERTa-v2 and v3).
     DebertaV2(Box<DebertaV2Model>),
+    /// `model_type = "vit"` or `"dinov2"` (reads images).
+    Vit(Box<VitModel>),
 }
 
 /// The architecture named by `<folder>/config.json` (`bert` when the field is absent, as in
@@ -47,18 +50,37 @@ pub struct HfNames {
     pub pooler: &'static str,
     /// The class name for `architectures`.
     pub architecture: &'static str,
+    /// PEFT's `task_type` for the adapter config: `SEQ_CLS` for text classifiers; none for
+    /// image classifiers (PEFT's sequence-classification wrapper passes token inputs).
+    pub peft_task_type: Option<&'static str>,
 }
 
 const BERT_NAMES: HfNames = HfNames {
     prefix: "bert",
     pooler: "bert.pooler.dense",
     architecture: "BertForSequenceClassification",
+    peft_task_type: Some("SEQ_CLS"),
 };
 
 const DEBERTA_NAMES: HfNames = HfNames {
     prefix: "deberta",
     pooler: "pooler.dense",
     architecture: "DebertaV2ForSequenceClassification",
+    peft_task_type: Some("SEQ_CLS"),
+};
+
+const VIT_NAMES: HfNames = HfNames {
+    prefix: "vit",
+    pooler: "",
+    architecture: "ViTForImageClassification",
+    peft_task_type: None,
+};
+
+const DINOV2_NAMES: HfNames = HfNames {
+    prefix: "dinov2",
+    pooler: "",
+    architecture: "Dinov2ForImageClassification",
+    peft_task_type: None,
 };
 
 impl HfNames {
@@ -66,6 +88,8 @@ impl HfNames {
     pub fn of_folder(folder: &Path) -> Result<Self, CheckpointError> {
         Ok(match model_type(folder)?.as_str() {
             "deberta-v2" => DEBERTA_NAMES,
+            "vit" => VIT_NAMES,
+            "dinov2" => DINOV2_NAMES,
             _ => BERT_NAMES,
         })
     }
@@ -80,6 +104,10 @@ impl Encoder {
                 let (m, w) = DebertaV2Model::from_folder(folder, device)?;
                 Ok((Encoder::DebertaV2(Box::new(m)), w))
             }
+            t if is_vision(t) => {
+                let (m, w) = VitModel::from_folder(folder, device)?;
+                Ok((Encoder::Vit(Box::new(m)), w))
+            }
             // Anything else is checked (and refused with the supported types) by BERT's loader.
             _ => {
                 let (m, w) = BertModel::from_folder(folder, device)?;
@@ -93,6 +121,17 @@ impl Encoder {
         match self {
             Encoder::Bert(m) => m.linear_paths(),
             Encoder::DebertaV2(m) => m.linear_paths(),
+            Encoder::Vit(m) => m.linear_paths(),
+        }
+    }
+
+    /// For each of [`Encoder::linear_paths`], the name its weights have in a saved checkpoint
+    /// (the module path, except for transformers 5's vision models, which save under older
+    /// names: `attention.attention.query` for the module `attention.q_proj`).
+    pub fn linear_saved_names(&self) -> Vec<String> {
+        match self {
+            Encoder::Vit(m) => m.linear_saved_names(),
+            _ => self.linear_paths(),
         }
     }
 
@@ -101,6 +140,7 @@ impl Encoder {
         match self {
             Encoder::Bert(m) => m.linears(),
             Encoder::DebertaV2(m) => m.linears(),
+            Encoder::Vit(m) => m.linears(),
         }
     }
 
@@ -109,6 +149,7 @@ impl Encoder {
         match self {
             Encoder::Bert(m) => m.linears_mut(),
             Encoder::DebertaV2(m) => m.linears_mut(),
+            Encoder::Vit(m) => m.linears_mut(),
         }
     }
 
@@ -117,6 +158,7 @@ impl Encoder {
         match self {
             Encoder::Bert(m) => m.named_parameters(),
             Encoder::DebertaV2(m) => m.named_parameters(),
+            Encoder::Vit(m) => m.named_parameters(),
         }
     }
 
@@ -125,6 +167,7 @@ impl Encoder {
         match self {
             Encoder::Bert(m) => m.set_trainable(trainable),
             Encoder::DebertaV2(m) => m.set_trainable(trainable),
+            Encoder::Vit(m) => m.set_trainable(trainable),
         }
     }
 
@@ -133,6 +176,7 @@ impl Encoder {
         match self {
             Encoder::Bert(_) => BERT_NAMES,
             Encoder::DebertaV2(_) => DEBERTA_NAMES,
+            Encoder::Vit(m) => vit_names(m),
         }
     }
 }
@@ -144,6 +188,15 @@ pub enum Classifier {
     Bert(Box<SequenceClassifier>),
     /// `DebertaV2ForSequenceClassification`.
     DebertaV2(Box<DebertaV2Classifier>),
+    /// `ViTForImageClassification` / `Dinov2ForImageClassification`.
+    Vit(Box<VitClassifier>),
+}
+
+fn vit_names(m: &VitModel) -> HfNames {
+    match m.config().variant {
+        super::vit::VitVariant::Vit => VIT_NAMES,
+        super::vit::VitVariant::Dinov2 => DINOV2_NAMES,
+    }
 }
 
 impl Classifier {
@@ -161,6 +214,9 @@ impl Classifier {
             Encoder::DebertaV2(m) => {
                 Classifier::DebertaV2(Box::new(DebertaV2Classifier::new(*m, weights, num_labels)?))
             }
+            Encoder::Vit(m) => {
+                Classifier::Vit(Box::new(VitClassifier::new(*m, weights, num_labels)?))
+            }
         })
     }
 
@@ -169,6 +225,7 @@ impl Classifier {
         match self {
             Classifier::Bert(c) => c.forward(input.text(), train),
             Classifier::DebertaV2(c) => c.forward(input.text(), train),
+            Classifier::Vit(c) => c.forward(input.pixels(), train),
         }
     }
 
@@ -177,6 +234,16 @@ impl Classifier {
         match self {
             Classifier::Bert(c) => c.bert.linear_paths(),
             Classifier::DebertaV2(c) => c.deberta.linear_paths(),
+            Classifier::Vit(c) => c.model.linear_paths(),
+        }
+    }
+
+    /// For each linear path, the name of its weights in a saved checkpoint (see
+    /// [`Encoder::linear_saved_names`]).
+    pub fn linear_saved_names(&self) -> Vec<String> {
+        match self {
+            Classifier::Vit(c) => c.model.linear_saved_names(),
+            _ => self.linear_paths(),
         }
     }
 
@@ -185,6 +252,7 @@ impl Classifier {
         match self {
             Classifier::Bert(c) => c.bert.linears(),
             Classifier::DebertaV2(c) => c.deberta.linears(),
+            Classifier::Vit(c) => c.model.linears(),
         }
     }
 
@@ -193,6 +261,7 @@ impl Classifier {
         match self {
             Classifier::Bert(c) => c.bert.linears_mut(),
             Classifier::DebertaV2(c) => c.deberta.linears_mut(),
+            Classifier::Vit(c) => c.model.linears_mut(),
         }
     }
 
@@ -201,6 +270,7 @@ impl Classifier {
         match self {
             Classifier::Bert(c) => c.bert.named_parameters(),
             Classifier::DebertaV2(c) => c.deberta.named_parameters(),
+            Classifier::Vit(c) => c.model.named_parameters(),
         }
     }
 
@@ -209,6 +279,7 @@ impl Classifier {
         match self {
             Classifier::Bert(_) => BERT_NAMES,
             Classifier::DebertaV2(_) => DEBERTA_NAMES,
+            Classifier::Vit(c) => vit_names(&c.model),
         }
     }
 
@@ -217,12 +288,19 @@ impl Classifier {
         match self {
             Classifier::Bert(c) => c.head_parameters(),
             Classifier::DebertaV2(c) => c.head_parameters(),
+            Classifier::Vit(c) => c.head_parameters(),
         }
     }
 
     /// The head's tensors: classifier weight and bias, then pooler weight and bias when the
     /// pooler is new (trained), with the names checkpoints use (`classifier.*`, `pooler.*`).
     pub fn head_tensors(&self) -> Vec<(&'static str, &Tensor)> {
+        if let Classifier::Vit(c) = self {
+            return vec![
+                ("classifier.weight", &c.classifier_weight),
+                ("classifier.bias", &c.classifier_bias),
+            ];
+        }
         let (cw, cb, pw, pb, new) = match self {
             Classifier::Bert(c) => (
                 &c.classifier_weight,
@@ -238,6 +316,7 @@ impl Classifier {
                 &c.pooler_bias,
                 c.pooler_is_new,
             ),
+            Classifier::Vit(_) => unreachable!("handled above"),
         };
         let mut v = vec![("classifier.weight", cw), ("classifier.bias", cb)];
         if new {
@@ -251,14 +330,17 @@ impl Classifier {
         match self {
             Classifier::Bert(c) => c.pooler_is_new,
             Classifier::DebertaV2(c) => c.pooler_is_new,
+            Classifier::Vit(_) => false,
         }
     }
 
-    /// The pooler's weight and bias (pretrained and frozen, or new and trained).
-    pub fn pooler(&self) -> (&Tensor, &Tensor) {
+    /// The pooler's weight and bias (pretrained and frozen, or new and trained); none for
+    /// image classifiers, whose heads read the hidden states directly.
+    pub fn pooler(&self) -> Option<(&Tensor, &Tensor)> {
         match self {
-            Classifier::Bert(c) => (&c.pooler_weight, &c.pooler_bias),
-            Classifier::DebertaV2(c) => (&c.pooler_weight, &c.pooler_bias),
+            Classifier::Bert(c) => Some((&c.pooler_weight, &c.pooler_bias)),
+            Classifier::DebertaV2(c) => Some((&c.pooler_weight, &c.pooler_bias)),
+            Classifier::Vit(_) => None,
         }
     }
 
@@ -267,6 +349,7 @@ impl Classifier {
         match self {
             Classifier::Bert(c) => (&c.classifier_weight, &c.classifier_bias),
             Classifier::DebertaV2(c) => (&c.classifier_weight, &c.classifier_bias),
+            Classifier::Vit(c) => (&c.classifier_weight, &c.classifier_bias),
         }
     }
 
@@ -275,6 +358,7 @@ impl Classifier {
         match self {
             Classifier::Bert(c) => c.bert.set_trainable(trainable),
             Classifier::DebertaV2(c) => c.deberta.set_trainable(trainable),
+            Classifier::Vit(c) => c.model.set_trainable(trainable),
         }
     }
 }

@@ -271,7 +271,7 @@ fn common_config(config: &Config, run: &RunAdapters, targets: Vec<String>) -> Ma
         modules_to_save.push("pooler");
     }
     let v = json!({
-        "task_type": "SEQ_CLS",
+        "task_type": run.names.peft_task_type,
         "base_model_name_or_path": base_model_name(config),
         "revision": null,
         "inference_mode": true,

@@ -61,7 +61,8 @@ pub fn merge_run(run_dir: &Path, output: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("loading {}", run.checkpoint.display()))?;
 
     let c = &model.classifier;
-    let paths = c.linear_paths();
+    // Deltas are keyed by the saved names, which are the module paths except for vision models.
+    let paths = c.linear_saved_names();
     let names = c.hf_names();
     let (prefix, pooler_name, architecture) = (names.prefix, names.pooler, names.architecture);
     let mut deltas: HashMap<String, Tensor> = HashMap::new();
@@ -91,9 +92,11 @@ pub fn merge_run(run_dir: &Path, output: &Path) -> anyhow::Result<()> {
                 .to_kind(Kind::Float)
                 .contiguous()
         };
-        let ((pw, pb), (cw, cb)) = (c.pooler(), c.classifier());
-        tensors.push((format!("{pooler_name}.weight"), cpu(pw)));
-        tensors.push((format!("{pooler_name}.bias"), cpu(pb)));
+        if let Some((pw, pb)) = c.pooler() {
+            tensors.push((format!("{pooler_name}.weight"), cpu(pw)));
+            tensors.push((format!("{pooler_name}.bias"), cpu(pb)));
+        }
+        let (cw, cb) = c.classifier();
         tensors.push(("classifier.weight".into(), cpu(cw)));
         tensors.push(("classifier.bias".into(), cpu(cb)));
     });

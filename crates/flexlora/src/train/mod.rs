@@ -143,6 +143,8 @@ pub fn train(config: &Config, opts: &TrainOptions) -> anyhow::Result<Summary> {
     tch::set_num_threads(threads as i32);
     let device = crate::device::parse_device(&tc.device)?;
     let run = RunDir::prepare(&opts.output, config, opts.resume, opts.overwrite)?;
+    // Before the data is read: a model that cannot read this kind of data is the clearer error.
+    let tokenizer = Preprocessor::for_model(&config.model.path, &config.data)?;
 
     let splits = data::load_splits(&config.data)?;
     let n_train = splits.train.len();
@@ -168,7 +170,6 @@ pub fn train(config: &Config, opts: &TrainOptions) -> anyhow::Result<Summary> {
                 .with_context(|| format!("--init-from {}", source.display()))?;
         }
     }
-    let tokenizer = Preprocessor::for_model(&config.model.path, &config.data)?;
     let mut optimiser = step::optimiser_for(config, &model);
     let mut allocators = step::Allocators::for_model(config, &model, total_steps)?;
     let plan = step::StepPlan::new(config, total_steps);
