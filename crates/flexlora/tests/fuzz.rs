@@ -243,6 +243,143 @@ fn data_files_never_panic() {
     });
 }
 
+/// An IDX pair of the first `n` Fashion-MNIST training images in `dir`.
+fn idx_slice(dir: &Path, n: usize) -> (Vec<u8>, Vec<u8>) {
+    use std::io::Read;
+    let read = |name: &str| {
+        let path = common::repo_root().join("assets/fashion-mnist").join(name);
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(
+            std::fs::File::open(&path).expect("run scripts/fetch-assets images"),
+        )
+        .read_to_end(&mut out)
+        .unwrap();
+        out
+    };
+    let (images, labels) = (
+        read("train-images-idx3-ubyte.gz"),
+        read("train-labels-idx1-ubyte.gz"),
+    );
+    let mut img = vec![0, 0, 8, 3];
+    img.extend((n as u32).to_be_bytes());
+    img.extend(&images[8..16 + 784 * n]);
+    let mut lab = vec![0, 0, 8, 1];
+    lab.extend((n as u32).to_be_bytes());
+    lab.extend(&labels[8..8 + n]);
+    std::fs::write(dir.join("train-images-idx3-ubyte"), &img).unwrap();
+    std::fs::write(dir.join("train-labels-idx1-ubyte"), &lab).unwrap();
+    (img, lab)
+}
+
+#[test]
+fn image_files_never_panic() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let (img, lab) = idx_slice(dir.path(), 40);
+    let keys = |path: &Path, format: &str, extra: &[&str]| {
+        let mut sets = vec![
+            format!("data.path={:?}", path.display().to_string()),
+            format!("data.format=\"{format}\""),
+            "data.train_examples=20".into(),
+            "data.validation_examples=10".into(),
+        ];
+        sets.extend(extra.iter().map(|s| s.to_string()));
+        Config::load(
+            &common::repo_root().join("configs/vision/fashion-mnist-1k.toml"),
+            &sets,
+        )
+        .unwrap()
+        .config
+    };
+    let cfg = keys(dir.path(), "idx", &[]);
+    assert_eq!(
+        flexlora::data::load_splits(&cfg.data).unwrap().train.len(),
+        20
+    );
+    // Every image goes through the preprocessing too (resize, normalise).
+    let processor = flexlora::models::ImageProcessor {
+        size: 28,
+        mean: flexlora::models::image::IMAGENET_MEAN,
+        std: flexlora::models::image::IMAGENET_STD,
+    };
+    let load = |cfg: &Config| {
+        if let Ok(s) = flexlora::data::load_splits(&cfg.data) {
+            let images: Vec<_> = s.train.iter().filter_map(|e| e.image.as_ref()).collect();
+            let _ = processor.pixel_values(&images, tch::Device::Cpu);
+        }
+    };
+    let images = dir.path().join("train-images-idx3-ubyte");
+    fuzz("idx images", &img, &images, cases(2), |_| load(&cfg));
+    std::fs::write(&images, &img).unwrap();
+    let labels = dir.path().join("train-labels-idx1-ubyte");
+    fuzz("idx labels", &lab, &labels, cases(2), |_| load(&cfg));
+    std::fs::write(&labels, &lab).unwrap();
+    // The same images gzipped: the decoder sees the corrupt bytes.
+    std::fs::remove_file(&images).unwrap();
+    let gz_path = dir.path().join("train-images-idx3-ubyte.gz");
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    enc.write_all(&img).unwrap();
+    let gz = enc.finish().unwrap();
+    fuzz("idx.gz", &gz, &gz_path, cases(2), |_| load(&cfg));
+    // A pixel CSV: the real 8x8 digits' first 60 rows.
+    let digits = {
+        use std::io::Read;
+        let mut text = String::new();
+        flate2::read::GzDecoder::new(
+            std::fs::File::open(common::repo_root().join("assets/digits/digits.csv.gz")).unwrap(),
+        )
+        .read_to_string(&mut text)
+        .unwrap();
+        text.lines()
+            .take(60)
+            .map(|l| format!("{l}\n"))
+            .collect::<String>()
+    };
+    let csv = dir.path().join("digits.csv");
+    let cfg = keys(
+        &csv,
+        "pixel_csv",
+        &[
+            "data.label_column=64",
+            "data.image_shape=[8, 8]",
+            "data.pixel_max=16",
+        ],
+    );
+    std::fs::write(&csv, &digits).unwrap();
+    assert_eq!(
+        flexlora::data::load_splits(&cfg.data).unwrap().test.len(),
+        30
+    );
+    fuzz("pixel csv", digits.as_bytes(), &csv, cases(2), |_| {
+        load(&cfg)
+    });
+    // The converted DINOv2 folder's config.json and preprocessor_config.json.
+    let real = common::repo_root().join("assets/dinov2-vits14");
+    let folder = dir.path().join("dinov2");
+    std::fs::create_dir_all(&folder).unwrap();
+    for name in ["config.json", "preprocessor_config.json"] {
+        let seed = std::fs::read(real.join(name)).expect("run scripts/fetch-assets vision");
+        for other in ["config.json", "preprocessor_config.json"] {
+            std::fs::copy(real.join(other), folder.join(other)).unwrap();
+        }
+        fuzz(
+            &format!("dinov2 {name}"),
+            &seed,
+            &folder.join(name),
+            cases(2),
+            |_| {
+                let _ = flexlora::models::VitConfig::from_folder(&folder);
+                let _ = flexlora::models::HfNames::of_folder(&folder);
+                if let Ok(p) =
+                    flexlora::models::ImageProcessor::from_folder(&folder, "dinov2", None)
+                {
+                    let _ = p.size;
+                }
+            },
+        );
+    }
+}
+
 #[test]
 fn model_config_json_never_panics() {
     let dir = tempfile::tempdir().unwrap();

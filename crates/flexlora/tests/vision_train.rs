@@ -237,6 +237,16 @@ fn bad_image_settings_are_clear_errors() {
         e.contains("data.image_size = 3: smaller than one 4x4 patch"),
         "{e}"
     );
+    // A batch of images whose training step cannot fit in memory is refused up front.
+    let e = run(
+        "huge",
+        &["training.batch_size=100000", "data.image_size=4096"],
+    );
+    assert!(
+        e.contains("training.batch_size = 100000 x data.image_size = 4096 pixels (1048577 tokens)")
+            && e.contains("needs an estimated"),
+        "{e}"
+    );
     // A corrupt image file.
     let bad = dir.path().join("bad-idx");
     std::fs::create_dir(&bad).unwrap();

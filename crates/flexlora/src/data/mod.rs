@@ -45,6 +45,16 @@
 //!   metric ([`GlueSpec::of`]); `data.metric` and `data.labels`, when given, override the
 //!   preset's.
 //!
+//! - **Images** (`data.format = "idx" | "pixel_csv"`): an IDX folder's
+//!   `train-*` pair is the pool and its `t10k-*` pair, when present, the test set (as a GLUE
+//!   dev file); a pixel CSV file is one pool. Labels are the byte values / label fields as
+//!   written, ordered as above.
+//! - **Counts** (any format): `data.train_examples` and `data.validation_examples` replace
+//!   `round(n · fraction)` (VTAB-1K: 800 and 200 from the shuffled pool; with a separate test
+//!   set the rest of the pool is unused). `data.test_examples` caps the test set: the first
+//!   that many of the rest of the shuffled pool, or of a separate test set the indices
+//!   `shuffled_indices(n_test, derive_seed(split_seed, 0x7e57))[..k]` in file order.
+//!
 //! An empty training or test set is an error; an empty validation set is allowed
 //! (`validation_fraction = 0`).
 //!

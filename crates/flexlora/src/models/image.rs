@@ -19,6 +19,9 @@ pub const IMAGENET_MEAN: [f64; 3] = [0.485, 0.456, 0.406];
 /// ImageNet's channel standard deviations.
 pub const IMAGENET_STD: [f64; 3] = [0.229, 0.224, 0.225];
 
+/// The largest image side accepted (a batch of 32 such images is 6 GiB of f32 pixels).
+pub const MAX_IMAGE_SIZE: u32 = 4096;
+
 /// How one checkpoint wants its images: size and channel normalisation.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ImageProcessor {
@@ -111,10 +114,13 @@ impl ImageProcessor {
                 super::hf::read_config::<ImageSize>(folder)?.image_size
             }
         };
-        if size == 0 {
+        if size == 0 || size > MAX_IMAGE_SIZE {
             return Err(CheckpointError::Config {
-                path: folder.join("config.json"),
-                message: "the image size is 0 (data.image_size)".into(),
+                path: folder.join("preprocessor_config.json"),
+                message: format!(
+                    "image size {size} (data.image_size, else this file's crop size or size, else \
+                     config.json's image_size): expected 1..={MAX_IMAGE_SIZE} pixels"
+                ),
             });
         }
         Ok(Self { size, mean, std })

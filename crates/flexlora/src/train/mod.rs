@@ -15,6 +15,7 @@ pub mod checkpoint;
 pub mod commands;
 pub mod eval;
 pub mod guards;
+mod memory;
 pub mod model;
 pub mod run;
 pub mod step;
@@ -155,7 +156,7 @@ pub fn train(config: &Config, opts: &TrainOptions) -> anyhow::Result<Summary> {
     if config.method.name == MethodName::Adalora {
         crate::validate::adalora_schedule(config, total_steps, &run.config_origin())?;
     }
-    check_step_memory(config)?;
+    memory::check_step_memory(config, &tokenizer)?;
     tch::manual_seed(step_seed(tc.seed, u64::MAX));
     let mut model = TaskModel::build(config, splits.num_labels(), splits.task, device)?;
     if let Some(source) = &opts.init_from {
@@ -414,50 +415,6 @@ pub fn train(config: &Config, opts: &TrainOptions) -> anyhow::Result<Summary> {
     .into()));
     run.write_summary(&summary)?;
     Ok(summary)
-}
-
-/// Refuses a batch shape (`training.batch_size` x `data.max_length` tokens) whose training step
-/// would not fit in memory (see [`crate::resources::training_step_bytes`]).
-fn check_step_memory(config: &Config) -> anyhow::Result<()> {
-    // The fields every supported encoder's config.json shares (BERT, DeBERTa-v2/v3).
-    #[derive(serde::Deserialize)]
-    struct Shape {
-        hidden_size: u64,
-        num_hidden_layers: u64,
-        num_attention_heads: u64,
-        intermediate_size: u64,
-        vocab_size: u64,
-        #[serde(default)]
-        max_position_embeddings: u64,
-        #[serde(default)]
-        type_vocab_size: u64,
-    }
-    // A config without these fields is reported precisely by the model loader that follows.
-    let Ok(c) = crate::models::hf::read_config::<Shape>(&config.model.path) else {
-        return Ok(());
-    };
-    let (h, i, layers) = (c.hidden_size, c.intermediate_size, c.num_hidden_layers);
-    let embeddings = (c.vocab_size + c.max_position_embeddings + c.type_vocab_size) * h;
-    let shape = crate::resources::EncoderShape {
-        layers,
-        hidden: h,
-        intermediate: i,
-        heads: c.num_attention_heads,
-        parameters: embeddings + layers * (4 * h * h + 2 * h * i),
-    };
-    let (batch, seq) = (config.training.batch_size, config.data.max_length as u64);
-    let full = config.method.name == MethodName::Full;
-    crate::resources::check(
-        || {
-            format!(
-                "a training step of training.batch_size = {batch} x data.max_length = {seq} tokens on {}",
-                config.model.path.display()
-            )
-        },
-        crate::resources::training_step_bytes(shape, batch, seq, full),
-        "lower training.batch_size (training.grad_accum keeps the effective batch) or data.max_length",
-    )?;
-    Ok(())
 }
 
 /// Adds to a [`NonFinite`] error which checkpoint a resumed run would start from and what to
