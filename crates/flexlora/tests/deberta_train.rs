@@ -54,35 +54,17 @@ fn tiny_deberta(dir: &Path) -> PathBuf {
 }
 
 fn train_args(model: &Path, out: &Path, method: &str) -> Vec<String> {
-    let mut a: Vec<String> = vec![
-        "train".into(),
-        "--config".into(),
-        "configs/mrpc.toml".into(),
-        "--model".into(),
-        model.display().to_string(),
-        "--method".into(),
-        method.into(),
-        "--output".into(),
-        out.display().to_string(),
-        "--quiet".into(),
-    ];
-    for s in [
-        "model.target_modules=[\"query_proj\", \"key_proj\", \"value_proj\", \"attention.output.dense\", \"intermediate.dense\", \"output.dense\"]",
-        "training.max_steps=6",
-        "training.checkpoint_every=2",
-        "training.threads=1",
-        "data.max_length=48",
-        "method.r_init=2",
-        "method.r_max=4",
-        "schedule.kind=\"constant\"",
-        "schedule.b0=1",
-        "schedule.t_init=1",
-        "schedule.t_final=1",
-        "schedule.delta_t=1",
-    ] {
-        a.extend(["--set".into(), s.into()]);
-    }
-    a
+    common::short_train_args(
+        "configs/mrpc.toml",
+        model,
+        out,
+        method,
+        &[
+            "model.target_modules=[\"query_proj\", \"key_proj\", \"value_proj\", \"attention.output.dense\", \"intermediate.dense\", \"output.dense\"]",
+            "training.checkpoint_every=2",
+            "data.max_length=48",
+        ],
+    )
 }
 
 #[test]

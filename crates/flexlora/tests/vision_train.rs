@@ -45,40 +45,21 @@ fn tiny_dinov2(dir: &Path) -> PathBuf {
 }
 
 fn train_args(model: &Path, out: &Path, method: &str, extra: &[&str]) -> Vec<String> {
-    let mut a: Vec<String> = vec![
-        "train".into(),
-        "--config".into(),
-        "configs/vision/fashion-mnist-1k.toml".into(),
-        "--model".into(),
-        model.display().to_string(),
-        "--method".into(),
-        method.into(),
-        "--output".into(),
-        out.display().to_string(),
-        "--quiet".into(),
-    ];
-    for s in [
+    let mut sets = vec![
         "data.train_examples=32",
         "data.validation_examples=16",
         "data.test_examples=24",
         "data.image_size=20",
         "training.batch_size=8",
-        "training.max_steps=6",
-        "training.threads=1",
-        "method.r_init=2",
-        "method.r_max=4",
-        "schedule.kind=\"constant\"",
-        "schedule.b0=1",
-        "schedule.t_init=1",
-        "schedule.t_final=1",
-        "schedule.delta_t=1",
-    ]
-    .iter()
-    .chain(extra)
-    {
-        a.extend(["--set".into(), (*s).into()]);
-    }
-    a
+    ];
+    sets.extend(extra);
+    common::short_train_args(
+        "configs/vision/fashion-mnist-1k.toml",
+        model,
+        out,
+        method,
+        &sets,
+    )
 }
 
 fn summary(run: &Path) -> serde_json::Value {

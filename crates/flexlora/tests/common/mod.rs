@@ -107,6 +107,46 @@ pub fn run_flexlora(args: &[String]) -> std::process::Output {
         .unwrap()
 }
 
+/// `flexlora train` arguments for a short run of `method` on `model` from `config` (a path
+/// relative to the repository root): six optimiser steps on one thread, rank 2 of 4 slots and a
+/// constant schedule that adjusts ranks at every step from step 2 on (so FlexLoRA moves ranks
+/// within the six), then `sets` as further `--set` overrides.
+pub fn short_train_args(
+    config: &str,
+    model: &Path,
+    out: &Path,
+    method: &str,
+    sets: &[&str],
+) -> Vec<String> {
+    let mut a: Vec<String> = vec![
+        "train".into(),
+        "--config".into(),
+        config.into(),
+        "--model".into(),
+        model.display().to_string(),
+        "--method".into(),
+        method.into(),
+        "--output".into(),
+        out.display().to_string(),
+        "--quiet".into(),
+    ];
+    let short = [
+        "training.max_steps=6",
+        "training.threads=1",
+        "method.r_init=2",
+        "method.r_max=4",
+        "schedule.kind=\"constant\"",
+        "schedule.b0=1",
+        "schedule.t_init=1",
+        "schedule.t_final=1",
+        "schedule.delta_t=1",
+    ];
+    for s in short.iter().chain(sets) {
+        a.extend(["--set".into(), (*s).into()]);
+    }
+    a
+}
+
 /// The JSON objects of a JSONL file.
 pub fn jsonl(path: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(path)
