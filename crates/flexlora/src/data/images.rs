@@ -86,13 +86,13 @@ fn read_maybe_gzip(path: &Path) -> Result<Vec<u8>, DataError> {
     Ok(out)
 }
 
-/// An IDX file's dimensions and data: magic `0 0 0x08 n` (unsigned bytes, `n` dimensions),
-/// `n` big-endian u32 sizes, then exactly their product of bytes.
-fn parse_idx(
+/// An IDX file's dimensions and the data after its header: magic `0 0 0x08 n` (unsigned
+/// bytes, `n` dimensions), `n` big-endian u32 sizes, then exactly their product of bytes.
+fn parse_idx<'a>(
     path: &Path,
-    bytes: &[u8],
+    bytes: &'a [u8],
     want_dims: usize,
-) -> Result<(Vec<u32>, Vec<u8>), DataError> {
+) -> Result<(Vec<u32>, &'a [u8]), DataError> {
     let err = |message: String| DataError::Config {
         path: path.to_path_buf(),
         message,
@@ -138,7 +138,7 @@ fn parse_idx(
         .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64));
     let data = &bytes[header..];
     match expected {
-        Some(e) if e == data.len() as u64 => Ok((dims, data.to_vec())),
+        Some(e) if e == data.len() as u64 => Ok((dims, data)),
         _ => Err(err(format!(
             "the header's sizes {dims:?} call for {} bytes of data, the file has {}",
             expected.map_or("more than 2^64".into(), |e| e.to_string()),
@@ -150,8 +150,12 @@ fn parse_idx(
 /// Reads an IDX image file and its label file into raw examples (label = the byte value as
 /// text).
 pub(crate) fn read_idx(pair: &IdxPair) -> Result<Vec<RawExample>, DataError> {
-    let (dims, pixels) = parse_idx(&pair.images, &read_maybe_gzip(&pair.images)?, 3)?;
-    let (ldims, labels) = parse_idx(&pair.labels, &read_maybe_gzip(&pair.labels)?, 1)?;
+    let (image_bytes, label_bytes) = (
+        read_maybe_gzip(&pair.images)?,
+        read_maybe_gzip(&pair.labels)?,
+    );
+    let (dims, pixels) = parse_idx(&pair.images, &image_bytes, 3)?;
+    let (ldims, labels) = parse_idx(&pair.labels, &label_bytes, 1)?;
     let (n, height, width) = (dims[0], dims[1], dims[2]);
     if ldims[0] != n {
         return Err(DataError::Config {
@@ -171,7 +175,7 @@ pub(crate) fn read_idx(pair: &IdxPair) -> Result<Vec<RawExample>, DataError> {
     let size = (height * width) as usize;
     Ok(pixels
         .chunks_exact(size)
-        .zip(&labels)
+        .zip(labels)
         .enumerate()
         .map(|(i, (p, &label))| RawExample {
             record: i as u64 + 1,
@@ -311,8 +315,9 @@ mod tests {
     #[test]
     fn idx_header_and_size_are_checked() {
         let p = Path::new("x-idx3-ubyte");
-        let (dims, data) = parse_idx(p, &idx(&[2, 1, 2], &[1, 2, 3, 4]), 3).unwrap();
-        assert_eq!((dims, data), (vec![2, 1, 2], vec![1, 2, 3, 4]));
+        let file = idx(&[2, 1, 2], &[1, 2, 3, 4]);
+        let (dims, data) = parse_idx(p, &file, 3).unwrap();
+        assert_eq!((dims, data), (vec![2, 1, 2], &[1u8, 2, 3, 4][..]));
         let e = parse_idx(p, &idx(&[2, 1, 2], &[1, 2, 3]), 3).unwrap_err();
         assert!(
             e.to_string()

@@ -401,12 +401,16 @@ pub fn load_splits(cfg: &DataConfig) -> Result<Splits, DataError> {
         // A separate test set in file order, or a seeded sample of it kept in file order.
         Some(test) if test.len() == k => test,
         Some(test) => {
-            let mut keep =
-                shuffled_indices(test.len(), derive_seed(cfg.split_seed, TEST_SAMPLE_STREAM));
-            keep.truncate(k);
-            keep.sort_unstable();
-            let mut slots: Vec<Option<Example>> = test.into_iter().map(Some).collect();
-            keep.iter().filter_map(|&i| slots[i].take()).collect()
+            let mut keep = vec![false; test.len()];
+            let seed = derive_seed(cfg.split_seed, TEST_SAMPLE_STREAM);
+            for &i in &shuffled_indices(test.len(), seed)[..k] {
+                keep[i] = true;
+            }
+            test.into_iter()
+                .zip(keep)
+                .filter(|(_, k)| *k)
+                .map(|(e, _)| e)
+                .collect()
         }
         None => take(&order[t + v..t + v + k]),
     };

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 /// Where the examples come from and how to read them: `[data]` with any preset applied.
 pub(super) struct Source {
-    /// One file, or a GLUE folder's train and test files.
+    /// The files of the training pool and of the test set, if separate.
     pub files: Files,
     pub layout: Layout,
     pub labels: Option<Vec<String>>,

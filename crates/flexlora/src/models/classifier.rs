@@ -46,8 +46,9 @@ pub(crate) fn is_vision(model_type: &str) -> bool {
 pub struct HfNames {
     /// The encoder's prefix: `bert`, `deberta`.
     pub prefix: &'static str,
-    /// The pooler's dense layer: `bert.pooler.dense`, `pooler.dense`.
-    pub pooler: &'static str,
+    /// The pooler's dense layer: `bert.pooler.dense`, `pooler.dense`; none for image
+    /// classifiers, whose heads read the hidden states directly.
+    pub pooler: Option<&'static str>,
     /// The class name for `architectures`.
     pub architecture: &'static str,
     /// PEFT's `task_type` for the adapter config: `SEQ_CLS` for text classifiers; none for
@@ -57,28 +58,28 @@ pub struct HfNames {
 
 const BERT_NAMES: HfNames = HfNames {
     prefix: "bert",
-    pooler: "bert.pooler.dense",
+    pooler: Some("bert.pooler.dense"),
     architecture: "BertForSequenceClassification",
     peft_task_type: Some("SEQ_CLS"),
 };
 
 const DEBERTA_NAMES: HfNames = HfNames {
     prefix: "deberta",
-    pooler: "pooler.dense",
+    pooler: Some("pooler.dense"),
     architecture: "DebertaV2ForSequenceClassification",
     peft_task_type: Some("SEQ_CLS"),
 };
 
 const VIT_NAMES: HfNames = HfNames {
     prefix: "vit",
-    pooler: "",
+    pooler: None,
     architecture: "ViTForImageClassification",
     peft_task_type: None,
 };
 
 const DINOV2_NAMES: HfNames = HfNames {
     prefix: "dinov2",
-    pooler: "",
+    pooler: None,
     architecture: "Dinov2ForImageClassification",
     peft_task_type: None,
 };
@@ -295,31 +296,9 @@ impl Classifier {
     /// The head's tensors: classifier weight and bias, then pooler weight and bias when the
     /// pooler is new (trained), with the names checkpoints use (`classifier.*`, `pooler.*`).
     pub fn head_tensors(&self) -> Vec<(&'static str, &Tensor)> {
-        if let Classifier::Vit(c) = self {
-            return vec![
-                ("classifier.weight", &c.classifier_weight),
-                ("classifier.bias", &c.classifier_bias),
-            ];
-        }
-        let (cw, cb, pw, pb, new) = match self {
-            Classifier::Bert(c) => (
-                &c.classifier_weight,
-                &c.classifier_bias,
-                &c.pooler_weight,
-                &c.pooler_bias,
-                c.pooler_is_new,
-            ),
-            Classifier::DebertaV2(c) => (
-                &c.classifier_weight,
-                &c.classifier_bias,
-                &c.pooler_weight,
-                &c.pooler_bias,
-                c.pooler_is_new,
-            ),
-            Classifier::Vit(_) => unreachable!("handled above"),
-        };
+        let (cw, cb) = self.classifier();
         let mut v = vec![("classifier.weight", cw), ("classifier.bias", cb)];
-        if new {
+        if let (true, Some((pw, pb))) = (self.pooler_is_new(), self.pooler()) {
             v.extend([("pooler.weight", pw), ("pooler.bias", pb)]);
         }
         v

@@ -122,12 +122,4 @@ impl Preprocessor {
             }
         })
     }
-
-    /// The tokenizer, for commands that read text only.
-    pub fn tokenizer(&self) -> Option<&TextTokenizer> {
-        match self {
-            Preprocessor::Text(t) => Some(t),
-            Preprocessor::Image(_) => None,
-        }
-    }
 }

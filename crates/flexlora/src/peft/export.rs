@@ -303,8 +303,7 @@ fn head_tensors(run: &RunAdapters, out: &mut Vec<(String, Tensor)>) {
         format!("{KEY_PREFIX}classifier.bias"),
         run.classifier.1.contiguous(),
     ));
-    if let Some((w, b)) = &run.pooler {
-        let pooler = run.names.pooler;
+    if let (Some((w, b)), Some(pooler)) = (&run.pooler, run.names.pooler) {
         out.push((format!("{KEY_PREFIX}{pooler}.weight"), w.contiguous()));
         out.push((format!("{KEY_PREFIX}{pooler}.bias"), b.contiguous()));
     }

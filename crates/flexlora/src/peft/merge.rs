@@ -92,7 +92,7 @@ pub fn merge_run(run_dir: &Path, output: &Path) -> anyhow::Result<()> {
                 .to_kind(Kind::Float)
                 .contiguous()
         };
-        if let Some((pw, pb)) = c.pooler() {
+        if let (Some((pw, pb)), Some(pooler_name)) = (c.pooler(), pooler_name) {
             tensors.push((format!("{pooler_name}.weight"), cpu(pw)));
             tensors.push((format!("{pooler_name}.bias"), cpu(pb)));
         }

@@ -8,8 +8,8 @@ use anyhow::{Context, bail};
 use std::io::Write;
 use std::path::Path;
 
-/// Loads a finished run's config, data, best model and tokenizer, on `device` (a device name)
-/// or else the run's `training.device`.
+/// Loads a finished run's config, data, best model and its preprocessing (tokenizer or image
+/// processing), on `device` (a device name) or else the run's `training.device`.
 fn load_run(
     run_dir: &Path,
     device: Option<&str>,
@@ -38,7 +38,7 @@ fn load_run(
 /// Evaluates the run's best checkpoint on `split` and prints every metric; `device` replaces
 /// the run's `training.device`.
 pub fn eval(run_dir: &Path, split: &str, device: Option<&str>) -> anyhow::Result<()> {
-    let (config, splits, model, tokenizer, device) = load_run(run_dir, device)?;
+    let (config, splits, model, preprocessor, device) = load_run(run_dir, device)?;
     let examples = match split {
         "train" => &splits.train,
         "validation" => &splits.validation,
@@ -47,7 +47,7 @@ pub fn eval(run_dir: &Path, split: &str, device: Option<&str>) -> anyhow::Result
     };
     let e = eval::evaluate(
         &model,
-        &tokenizer,
+        &preprocessor,
         examples,
         splits.metric,
         config.training.eval_batch_size as usize,
@@ -67,7 +67,7 @@ pub fn predict(
     output: &Path,
     device: Option<&str>,
 ) -> anyhow::Result<()> {
-    let (config, splits, model, tokenizer, device) = load_run(run_dir, device)?;
+    let (config, splits, model, preprocessor, device) = load_run(run_dir, device)?;
     if config.data.format.is_image() {
         bail!(
             "{}: `predict` reads texts, and this run's model reads images; `flexlora eval {} \
@@ -103,7 +103,7 @@ pub fn predict(
         .collect();
     let e = eval::predict(
         &model,
-        &tokenizer,
+        &preprocessor,
         &examples,
         config.training.eval_batch_size as usize,
         device,

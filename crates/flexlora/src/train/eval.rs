@@ -41,7 +41,7 @@ impl Evaluation {
 /// computes the metrics on their labels.
 pub fn evaluate(
     model: &TaskModel,
-    tokenizer: &Preprocessor,
+    preprocessor: &Preprocessor,
     examples: &[Example],
     metric: MetricName,
     batch_size: usize,
@@ -61,7 +61,7 @@ pub fn evaluate(
         )
         .into()));
         let batch: Vec<&Example> = chunk.iter().map(|&i| &examples[i]).collect();
-        let (input, labels) = batch_tensors(tokenizer, &batch, device)?;
+        let (input, labels) = batch_tensors(preprocessor, &batch, device)?;
         let (loss, logits) = tch::no_grad(|| model.loss(&input, &labels, false));
         loss_sum += loss.double_value(&[]) * chunk.len() as f64;
         let logits = logits.to_kind(Kind::Float).to_device(Device::Cpu);
@@ -106,7 +106,7 @@ pub fn evaluate(
 /// Class probabilities or values of unlabeled texts (labels are ignored).
 pub fn predict(
     model: &TaskModel,
-    tokenizer: &Preprocessor,
+    preprocessor: &Preprocessor,
     examples: &[Example],
     batch_size: usize,
     device: Device,
@@ -115,5 +115,5 @@ pub fn predict(
         TaskKind::Classification => MetricName::Accuracy,
         TaskKind::Regression => MetricName::Pearson,
     };
-    evaluate(model, tokenizer, examples, metric, batch_size, device)
+    evaluate(model, preprocessor, examples, metric, batch_size, device)
 }

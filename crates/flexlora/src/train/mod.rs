@@ -145,7 +145,7 @@ pub fn train(config: &Config, opts: &TrainOptions) -> anyhow::Result<Summary> {
     let device = crate::device::parse_device(&tc.device)?;
     let run = RunDir::prepare(&opts.output, config, opts.resume, opts.overwrite)?;
     // Before the data is read: a model that cannot read this kind of data is the clearer error.
-    let tokenizer = Preprocessor::for_model(&config.model.path, &config.data)?;
+    let preprocessor = Preprocessor::for_model(&config.model.path, &config.data)?;
 
     let splits = data::load_splits(&config.data)?;
     let n_train = splits.train.len();
@@ -156,7 +156,7 @@ pub fn train(config: &Config, opts: &TrainOptions) -> anyhow::Result<Summary> {
     if config.method.name == MethodName::Adalora {
         crate::validate::adalora_schedule(config, total_steps, &run.config_origin())?;
     }
-    memory::check_step_memory(config, &tokenizer)?;
+    memory::check_step_memory(config, &preprocessor)?;
     tch::manual_seed(step_seed(tc.seed, u64::MAX));
     let mut model = TaskModel::build(config, splits.num_labels(), splits.task, device)?;
     if let Some(source) = &opts.init_from {
@@ -251,7 +251,7 @@ pub fn train(config: &Config, opts: &TrainOptions) -> anyhow::Result<Summary> {
                     .iter()
                     .map(|&i| &splits.train[i])
                     .collect();
-                micro_batches.push(batch_tensors(&tokenizer, &examples, device)?);
+                micro_batches.push(batch_tensors(&preprocessor, &examples, device)?);
             }
             let step_loss = step::accumulate_gradients(&model, &micro_batches, config);
             let update = if step_loss.is_finite() {
@@ -317,7 +317,7 @@ pub fn train(config: &Config, opts: &TrainOptions) -> anyhow::Result<Summary> {
         if state.micro_in_epoch >= micro_per_epoch {
             let val = eval::evaluate(
                 &model,
-                &tokenizer,
+                &preprocessor,
                 &splits.validation,
                 splits.metric,
                 tc.eval_batch_size as usize,
@@ -365,7 +365,7 @@ pub fn train(config: &Config, opts: &TrainOptions) -> anyhow::Result<Summary> {
     }
     let test = eval::evaluate(
         &model,
-        &tokenizer,
+        &preprocessor,
         &splits.test,
         splits.metric,
         tc.eval_batch_size as usize,
