@@ -18,6 +18,7 @@ pub mod device;
 pub mod embed;
 pub mod faults;
 pub mod io;
+pub mod lm;
 pub mod models;
 pub mod optim;
 pub mod overrides;

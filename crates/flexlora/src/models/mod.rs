@@ -12,6 +12,7 @@ pub mod heads;
 pub mod hf;
 pub mod image;
 pub mod input;
+pub mod llama;
 pub mod tokenizer;
 pub mod vit;
 
@@ -22,5 +23,6 @@ pub use heads::{SequenceClassifier, l2_normalize, mean_pool};
 pub use hf::{CheckpointError, Weights};
 pub use image::ImageProcessor;
 pub use input::{ModelInput, Preprocessor};
+pub use llama::{KvCache, LlamaConfig, LlamaModel};
 pub use tokenizer::{TextTokenizer, TokenizerError};
 pub use vit::{VitClassifier, VitConfig, VitModel, VitVariant};
