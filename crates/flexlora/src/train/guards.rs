@@ -2,7 +2,7 @@
 //! stopped at once, naming the step and the matrix, before anything non-finite reaches a
 //! checkpoint. Training on would only write garbage over good results.
 
-use super::model::TaskModel;
+use super::model::TrainableModel;
 use tch::{Kind, Tensor};
 
 /// A non-finite value found by a guard; the trainer adds the last good checkpoint and stops.
@@ -34,7 +34,7 @@ fn first_bad_value(t: &Tensor) -> String {
 /// The first trainable tensor of `model` whose gradient holds a non-finite value, with that
 /// value. Called only when the global gradient norm is not finite, so its cost is off the
 /// normal path.
-pub fn non_finite_gradient(model: &TaskModel) -> Option<String> {
+pub fn non_finite_gradient<M: TrainableModel + ?Sized>(model: &M) -> Option<String> {
     model.named_trainables().into_iter().find_map(|(name, t)| {
         let g = t.grad();
         (g.defined() && !all_finite(&g))
@@ -44,7 +44,7 @@ pub fn non_finite_gradient(model: &TaskModel) -> Option<String> {
 
 /// The first SVD adapter whose λ holds a non-finite value, with that value. One reduction
 /// over all λ per step; the per-matrix search runs only when it fails.
-pub fn non_finite_lambda(model: &TaskModel) -> Option<String> {
+pub fn non_finite_lambda<M: TrainableModel + ?Sized>(model: &M) -> Option<String> {
     let lambdas: Vec<Tensor> = model
         .svd_adapters()
         .iter()

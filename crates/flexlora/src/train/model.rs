@@ -11,6 +11,35 @@ use tch::{Device, Kind, Tensor};
 /// Standard deviation of the initial `P` and `Q` entries (AdaLoRA and FlexLoRA, METHOD.md §1).
 pub const SVD_INIT_STD: f64 = 0.02;
 
+/// What the optimiser step, the allocators and the numerical guards need of a model being
+/// trained (a classifier here, a decoder in [`crate::lm`]).
+pub trait TrainableModel {
+    /// The SVD adapters, in model order.
+    fn svd_adapters(&self) -> Vec<&SvdAdapter>;
+    /// The SVD adapters, mutably, in model order.
+    fn svd_adapters_mut(&mut self) -> Vec<&mut SvdAdapter>;
+    /// The trainable tensors by name (shallow handles of the live parameters).
+    fn named_trainables(&self) -> Vec<(String, Tensor)>;
+    /// Optimiser groups: one per SVD adapter (group `k` = adapter `k`, slot axes given), then
+    /// every other trainable tensor in one unslotted group.
+    fn optimiser_groups(&self) -> Vec<Vec<(&Tensor, Option<usize>)>>;
+}
+
+impl TrainableModel for TaskModel {
+    fn svd_adapters(&self) -> Vec<&SvdAdapter> {
+        TaskModel::svd_adapters(self)
+    }
+    fn svd_adapters_mut(&mut self) -> Vec<&mut SvdAdapter> {
+        TaskModel::svd_adapters_mut(self)
+    }
+    fn named_trainables(&self) -> Vec<(String, Tensor)> {
+        TaskModel::named_trainables(self)
+    }
+    fn optimiser_groups(&self) -> Vec<Vec<(&Tensor, Option<usize>)>> {
+        TaskModel::optimiser_groups(self)
+    }
+}
+
 /// A sequence classifier (BERT or DeBERTa-v2/v3, by the checkpoint's `model_type`) with the
 /// method's adapters.
 #[derive(Debug)]

@@ -14,7 +14,7 @@ use std::time::Instant;
 use tch::Tensor;
 
 use super::guards::{self, NonFinite};
-use super::model::TaskModel;
+use super::model::{TaskModel, TrainableModel};
 use super::run::CheckpointedState;
 
 /// The allocators a run carries besides the optimiser (at most one is present).
@@ -30,7 +30,11 @@ impl Allocators {
     /// What `config`'s method needs for `model`'s adapters in a run of `total_steps` steps:
     /// AdaLoRA's allocator, or for FlexLoRA's sensitivity ablation AdaLoRA's EMAs (updated at
     /// the same point of every step), or nothing.
-    pub fn for_model(config: &Config, model: &TaskModel, total_steps: u64) -> anyhow::Result<Self> {
+    pub fn for_model<M: TrainableModel + ?Sized>(
+        config: &Config,
+        model: &M,
+        total_steps: u64,
+    ) -> anyhow::Result<Self> {
         let a = &config.allocation;
         let adapters = model.svd_adapters();
         let adalora = match config.method.name {
@@ -78,7 +82,7 @@ impl Allocators {
 
 /// Our AdamW with `config`'s settings over `model`'s parameter groups (adapters first, in
 /// model order, so group `k` is adapter `k`).
-pub fn optimiser_for(config: &Config, model: &TaskModel) -> AdamW {
+pub fn optimiser_for<M: TrainableModel + ?Sized>(config: &Config, model: &M) -> AdamW {
     let o = &config.optimiser;
     let mut optimiser = AdamW::new(AdamWConfig {
         beta1: o.beta1,
@@ -171,8 +175,8 @@ pub fn accumulate_gradients(
 /// (before the update) or λ (after it) is a [`NonFinite`] error. `step` counts the
 /// optimiser steps made before this one; `allocation_seed` seeds the generator for new
 /// directions.
-pub fn apply_update(
-    model: &mut TaskModel,
+pub fn apply_update<M: TrainableModel + ?Sized>(
+    model: &mut M,
     optimiser: &mut AdamW,
     allocators: &mut Allocators,
     plan: &StepPlan<'_>,
@@ -241,7 +245,7 @@ pub fn apply_update(
 
 /// Fault point `step.poison_gradient` (tests only): when armed with a trainable tensor's
 /// name, one element of that tensor's gradient becomes NaN; the step then goes on as usual.
-fn gradient_fault_point(model: &TaskModel) {
+fn gradient_fault_point<M: TrainableModel + ?Sized>(model: &M) {
     let _ = model; // unused where fault points are compiled out
     fail::fail_point!("step.poison_gradient", |name: Option<String>| {
         poison_gradient(model, name.as_deref().unwrap_or_default())
@@ -249,7 +253,7 @@ fn gradient_fault_point(model: &TaskModel) {
 }
 
 #[allow(dead_code)] // called only where fault points are compiled in
-fn poison_gradient(model: &TaskModel, name: &str) {
+fn poison_gradient<M: TrainableModel + ?Sized>(model: &M, name: &str) {
     if let Some((_, t)) = model
         .named_trainables()
         .into_iter()
