@@ -3,9 +3,14 @@
 //! describes the features (a `ClassLabel` column stores class indices). A single `.arrow`
 //! stream file is read the same way.
 //!
-//! Rows come out as JSON objects of their scalar columns, so the JSONL code maps columns to
-//! examples and reports bad rows with the same messages. Columns of other Arrow types (lists,
-//! structs) come out as `null` and are an error only when the config names them.
+//! Rows come out as JSON objects, so the JSONL code maps columns to examples and reports bad
+//! rows with the same messages. Scalars (strings, booleans, integers, finite floats) are JSON
+//! scalars; lists (`List`, `LargeList`, `FixedSizeList`, e.g. hellaswag's `endings`) are JSON
+//! arrays of their items; structs are JSON objects of their fields (a Hugging Face `Sequence`
+//! of a dict is stored as a struct of lists, so ARC's `choices` is
+//! `{"text": [...], "label": [...]}`). Nulls, non-finite floats and columns of other Arrow
+//! types (binary, dates, ...) come out as `null`; they are an error only where a caller needs
+//! the value.
 
 use super::DataError;
 use arrow_array::{Array, RecordBatch, cast::AsArray, types};
@@ -52,7 +57,8 @@ fn arrow_files(path: &Path) -> Result<Vec<PathBuf>, DataError> {
     Ok(out)
 }
 
-/// The value of row `i` of `column` as JSON (scalars only; anything else is `null`).
+/// The value of row `i` of `column` as JSON: scalars, lists as arrays, structs as objects
+/// (module docs); anything else is `null`.
 fn cell(column: &dyn Array, i: usize) -> Value {
     if column.is_null(i) {
         return Value::Null;
@@ -73,8 +79,26 @@ fn cell(column: &dyn Array, i: usize) -> Value {
             column.as_primitive::<types::Float32Type>().value(i),
         )),
         DataType::Float64 => finite(column.as_primitive::<types::Float64Type>().value(i)),
+        DataType::List(_) => items(column.as_list::<i32>().value(i).as_ref()),
+        DataType::LargeList(_) => items(column.as_list::<i64>().value(i).as_ref()),
+        DataType::FixedSizeList(..) => items(column.as_fixed_size_list().value(i).as_ref()),
+        DataType::Struct(_) => {
+            let s = column.as_struct();
+            Value::Object(
+                s.fields()
+                    .iter()
+                    .zip(s.columns())
+                    .map(|(f, c)| (f.name().clone(), cell(c.as_ref(), i)))
+                    .collect(),
+            )
+        }
         _ => Value::Null,
     }
+}
+
+/// The items of one list value as a JSON array.
+fn items(list: &dyn Array) -> Value {
+    Value::Array((0..list.len()).map(|j| cell(list, j)).collect())
 }
 
 fn finite(x: f64) -> Value {

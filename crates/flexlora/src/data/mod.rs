@@ -63,6 +63,7 @@
 //! the line where it starts when one record is at fault. Bad data never panics.
 
 mod arrow;
+pub mod commonsense;
 mod glue;
 mod images;
 mod order;
@@ -171,6 +172,19 @@ pub enum DataError {
         value: String,
         /// The label set, in class order.
         allowed: Vec<String>,
+    },
+    /// A row of a Hugging Face data set folder lacks a field or holds a value that cannot be
+    /// used (the commonsense suite, [`commonsense`]).
+    #[error("{path}: row {row} (0-based), field `{field}`: {message}")]
+    Field {
+        /// The data set folder.
+        path: PathBuf,
+        /// 0-based row index.
+        row: usize,
+        /// The field at fault (`choices.text`, `endings[2]`, ...).
+        field: String,
+        /// What is wrong and what is allowed.
+        message: String,
     },
     /// The `[data]` settings cannot be used with this data (metric and task do not match,
     /// a bad label list, a split that leaves no training or test examples).
