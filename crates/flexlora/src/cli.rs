@@ -77,6 +77,29 @@ pub enum Command {
         #[arg(long)]
         quiet: bool,
     },
+    /// Score a decoder on the commonsense suite's evaluation questions (log-likelihood of each
+    /// choice; acc and acc_norm per task): the config's model zero-shot, or a decoder run's
+    /// adapters with --run.
+    LmEval {
+        /// A decoder config (data.format = "commonsense"); ignored with --run.
+        #[arg(long, default_value = "configs/commonsense/smollm2-flexlora.toml")]
+        config: PathBuf,
+        /// Override a config value (repeatable), e.g. --set data.eval_per_task=50.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+        /// A finished decoder run: its config and adapters.
+        #[arg(long)]
+        run: Option<PathBuf>,
+        /// Also write the table and every question's scores as JSON here.
+        #[arg(long)]
+        output: Option<PathBuf>,
+        /// No progress bar.
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Generate text with a decoder (greedy, or sampled with --temperature), optionally with
+    /// a decoder run's adapters.
+    Generate(crate::lm::commands::GenerateArgs),
     /// Evaluate a finished run's best checkpoint on a split of its data.
     Eval {
         /// The run directory.
@@ -424,6 +447,21 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 overwrite,
                 quiet,
             };
+            if crate::models::classifier::model_type(&cfg.model.path)? == "llama" {
+                let s = crate::lm::train_lm(&cfg, &opts)?;
+                let avg = s.tasks.last();
+                println!(
+                    "{}: average acc {:.4}, acc_norm {:.4} over {} tasks ({} questions); {} trainable parameters; {:.1} s",
+                    output.display(),
+                    avg.map_or(f64::NAN, |a| a.acc),
+                    avg.map_or(f64::NAN, |a| a.acc_norm),
+                    s.tasks.len().saturating_sub(1),
+                    s.eval_questions,
+                    s.trainable_parameters,
+                    s.wall_seconds
+                );
+                return Ok(());
+            }
             let s = crate::train::train(&cfg, &opts)?;
             println!(
                 "{}: test {} {:.4} (best validation epoch {}, validation {:.4}); {} trainable parameters; {:.1} s, {:.2} steps/s",
@@ -438,6 +476,20 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::LmEval {
+            config,
+            overrides,
+            run,
+            output,
+            quiet,
+        } => {
+            let cfg = match &run {
+                Some(dir) => crate::train::load_run_config(dir)?,
+                None => crate::config::Config::load(&config, &overrides)?.config,
+            };
+            crate::lm::lm_eval(&cfg, run.as_deref(), output.as_deref(), quiet).map(|_| ())
+        }
+        Command::Generate(args) => crate::lm::commands::generate_command(&args),
         Command::Eval { run, split, device } => {
             crate::train::commands::eval(&run, &split, device.as_deref())
         }

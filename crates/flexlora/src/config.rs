@@ -119,6 +119,11 @@ pub enum DataFormat {
     /// `0..=data.pixel_max`) in the other columns, row-major; `data.image_shape` gives the
     /// shape.
     PixelCsv,
+    /// The commonsense-reasoning suite for decoders: `data.path` is the folder of Hugging Face
+    /// `save_to_disk` splits (`assets/hf_datasets`: `boolq/none/validation`, ...); every task
+    /// is split in two seeded halves, training on one and evaluating on the other
+    /// ([`crate::data::commonsense`]).
+    Commonsense,
 }
 
 impl DataFormat {
@@ -269,6 +274,18 @@ pub struct DataConfig {
     /// `config.json` `image_size`.
     #[serde(default)]
     pub image_size: Option<u32>,
+    /// `commonsense`: the tasks (`boolq`, `piqa`, `social_i_qa`, `hellaswag`, `winogrande`,
+    /// `arc_easy`, `arc_challenge`, `openbookqa`); default all eight.
+    #[serde(default)]
+    pub tasks: Option<Vec<String>>,
+    /// `commonsense`: at most this many training questions per task (a seeded subset of its
+    /// training half; all when unset).
+    #[serde(default)]
+    pub train_per_task: Option<u64>,
+    /// `commonsense`: at most this many evaluation questions per task (a seeded subset of its
+    /// evaluation half; all when unset).
+    #[serde(default)]
+    pub eval_per_task: Option<u64>,
 }
 
 /// The fine-tuning methods.

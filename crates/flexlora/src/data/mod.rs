@@ -375,6 +375,14 @@ const TEST_SAMPLE_STREAM: u64 = 0x7e57;
 
 /// Reads the data set of `[data]`, maps its labels and splits it (rules in the module docs).
 pub fn load_splits(cfg: &DataConfig) -> Result<Splits, DataError> {
+    if cfg.format == crate::config::DataFormat::Commonsense {
+        return Err(DataError::Config {
+            path: cfg.path.clone(),
+            message: "data.format = \"commonsense\" is a question suite for decoders \
+                      (model_type \"llama\"), not labelled examples for a classifier"
+                .into(),
+        });
+    }
     let source = Source::of(cfg);
     source.check(&cfg.path)?;
     let (pool_path, raw_pool, raw_test) = source.read(cfg)?;
@@ -548,6 +556,9 @@ mod tests {
             image_shape: None,
             pixel_max: 255,
             image_size: None,
+            tasks: None,
+            train_per_task: None,
+            eval_per_task: None,
         }
     }
 

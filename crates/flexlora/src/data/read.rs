@@ -101,7 +101,9 @@ pub(crate) fn count_records(
     let bytes = read_bytes(path)?;
     let n = match format {
         DataFormat::Arrow => unreachable!("handled above"),
-        DataFormat::Idx | DataFormat::PixelCsv => unreachable!("images are read by data::images"),
+        DataFormat::Idx | DataFormat::PixelCsv | DataFormat::Commonsense => {
+            unreachable!("images and the commonsense suite have their own readers (load_splits)")
+        }
         DataFormat::Jsonl => jsonl_lines(path, &bytes)?.len() as u64,
         DataFormat::Csv | DataFormat::Tsv => {
             let mut reader = delimited_reader(&bytes, format);
@@ -130,7 +132,9 @@ pub(crate) fn read_examples(path: &Path, layout: &Layout) -> Result<Vec<RawExamp
         DataFormat::Arrow => read_arrow(path, layout)?,
         DataFormat::Jsonl => read_jsonl(path, &read_bytes(path)?, layout)?,
         DataFormat::Csv | DataFormat::Tsv => read_delimited(path, &read_bytes(path)?, layout)?,
-        DataFormat::Idx | DataFormat::PixelCsv => unreachable!("images are read by data::images"),
+        DataFormat::Idx | DataFormat::PixelCsv | DataFormat::Commonsense => {
+            unreachable!("images and the commonsense suite have their own readers (load_splits)")
+        }
     };
     if examples.is_empty() {
         return Err(DataError::Empty {

@@ -53,6 +53,15 @@ impl Preprocessor {
     pub fn for_model(folder: &Path, data: &DataConfig) -> anyhow::Result<Self> {
         let model_type = super::classifier::model_type(folder)?;
         let vision = super::classifier::is_vision(&model_type);
+        if model_type == "llama" || data.format == crate::config::DataFormat::Commonsense {
+            bail!(
+                "{}: model_type \"{model_type}\" with data.format = {:?}: decoders (model_type \
+                 \"llama\") train on data.format = \"commonsense\" only, and classifiers on \
+                 labelled examples",
+                folder.join("config.json").display(),
+                data.format
+            );
+        }
         if vision != data.format.is_image() {
             bail!(
                 "{}: a {} model (model_type \"{model_type}\") cannot read {} data (data.format = {:?}); \

@@ -111,7 +111,7 @@ fn null_as_nan<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> 
 }
 
 /// Derives the generator seed of one step (SplitMix64 finaliser of `seed` and `salt`).
-fn step_seed(seed: u64, salt: u64) -> i64 {
+pub(crate) fn step_seed(seed: u64, salt: u64) -> i64 {
     let mut z = seed ^ salt.wrapping_mul(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);

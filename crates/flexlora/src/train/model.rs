@@ -1,7 +1,9 @@
 //! The model a run trains: a BERT classifier with the method's adapters, and its trainable
 //! state as named tensors (for checkpoints, best-epoch selection and export).
 
-use crate::adapter::{Adapter, LoraAdapter, SvdAdapter, SvdAdapterConfig, inject_adapters};
+use crate::adapter::{
+    AdaptedLinear, Adapter, LoraAdapter, SvdAdapter, SvdAdapterConfig, inject_adapters,
+};
 use crate::config::{Config, MethodName, ScalePolicy, TaskKind};
 use crate::models::{Classifier, Encoder, ModelInput};
 use anyhow::Context;
@@ -10,6 +12,52 @@ use tch::{Device, Kind, Tensor};
 
 /// Standard deviation of the initial `P` and `Q` entries (AdaLoRA and FlexLoRA, METHOD.md §1).
 pub const SVD_INIT_STD: f64 = 0.02;
+
+/// Injects `config`'s adapters (FlexLoRA, AdaLoRA or LoRA, by `method.name`) into the
+/// layers of `linears` (whose module paths are `paths`) that `model.target_modules` selects,
+/// and returns the adapted paths in model order. Other methods inject nothing. Draws the
+/// adapters' initial factors from LibTorch's global generator.
+pub fn inject_method_adapters(
+    config: &Config,
+    linears: Vec<&mut AdaptedLinear>,
+    paths: &[String],
+    device: Device,
+) -> anyhow::Result<Vec<String>> {
+    let m = &config.method;
+    let opts = (Kind::Float, device);
+    match m.name {
+        MethodName::Flexlora | MethodName::Adalora => {
+            // AdaLoRA keeps every one of its r_init slots active and masks by zeroing λ,
+            // with PEFT's scale (see crate::adalora); `method.r_max` and `method.scale`
+            // apply to FlexLoRA only.
+            let adalora = m.name == MethodName::Adalora;
+            let svd = SvdAdapterConfig {
+                r_init: m.r_init,
+                r_max: if adalora { m.r_init } else { m.r_max },
+                alpha: m.alpha,
+                dropout: m.dropout,
+                scale: if adalora {
+                    ScalePolicy::PeftAdalora
+                } else {
+                    m.scale
+                },
+                init_std: SVD_INIT_STD,
+            };
+            inject_adapters(linears, paths, &config.model.target_modules, |i, o| {
+                Ok(Adapter::Svd(SvdAdapter::new(i, o, svd, opts)?))
+            })
+        }
+        MethodName::Lora => {
+            inject_adapters(linears, paths, &config.model.target_modules, |i, o| {
+                Ok(Adapter::Lora(LoraAdapter::new(
+                    i, o, m.r_init, m.alpha, m.dropout, opts,
+                )?))
+            })
+        }
+        MethodName::Full | MethodName::LinearProbe => Ok(Vec::new()),
+    }
+    .with_context(|| format!("model.target_modules = {:?}", config.model.target_modules))
+}
 
 /// What the optimiser step, the allocators and the numerical guards need of a model being
 /// trained (a classifier here, a decoder in [`crate::lm`]).
@@ -67,49 +115,14 @@ impl TaskModel {
         let (mut encoder, weights) = Encoder::from_folder(&config.model.path, device)?;
         let paths = encoder.linear_paths();
         let m = &config.method;
-        let opts = (Kind::Float, device);
         let adapted_paths = match m.name {
-            MethodName::Flexlora | MethodName::Adalora => {
-                // AdaLoRA keeps every one of its r_init slots active and masks by zeroing λ,
-                // with PEFT's scale (see crate::adalora); `method.r_max` and `method.scale`
-                // apply to FlexLoRA only.
-                let adalora = m.name == MethodName::Adalora;
-                let svd = SvdAdapterConfig {
-                    r_init: m.r_init,
-                    r_max: if adalora { m.r_init } else { m.r_max },
-                    alpha: m.alpha,
-                    dropout: m.dropout,
-                    scale: if adalora {
-                        ScalePolicy::PeftAdalora
-                    } else {
-                        m.scale
-                    },
-                    init_std: SVD_INIT_STD,
-                };
-                inject_adapters(
-                    encoder.linears_mut(),
-                    &paths,
-                    &config.model.target_modules,
-                    |i, o| Ok(Adapter::Svd(SvdAdapter::new(i, o, svd, opts)?)),
-                )
-            }
-            MethodName::Lora => inject_adapters(
-                encoder.linears_mut(),
-                &paths,
-                &config.model.target_modules,
-                |i, o| {
-                    Ok(Adapter::Lora(LoraAdapter::new(
-                        i, o, m.r_init, m.alpha, m.dropout, opts,
-                    )?))
-                },
-            ),
             MethodName::Full => {
                 encoder.set_trainable(true);
-                Ok(Vec::new())
+                Vec::new()
             }
-            MethodName::LinearProbe => Ok(Vec::new()),
-        }
-        .with_context(|| format!("model.target_modules = {:?}", config.model.target_modules))?;
+            MethodName::LinearProbe => Vec::new(),
+            _ => inject_method_adapters(config, encoder.linears_mut(), &paths, device)?,
+        };
         // Mixed precision: only frozen linear layers change kind (full fine-tuning trains
         // every weight, which stays float32).
         let base_kind = config.training.precision.base_kind(device);
@@ -201,15 +214,7 @@ impl TaskModel {
     /// Trainable parameters that currently take part (SVD adapters count active slots only:
     /// `r · (in + out + 1)`).
     pub fn trainable_parameters(&self) -> i64 {
-        let mut n: i64 = 0;
-        for l in self.classifier.linears() {
-            let (i, o) = l.features();
-            n += match &l.adapter {
-                Some(Adapter::Svd(a)) => a.rank() as i64 * (i + o + 1),
-                Some(Adapter::Lora(a)) => a.rank() as i64 * (i + o),
-                None => 0,
-            };
-        }
+        let mut n = adapter_parameters(self.classifier.linears());
         if self.method == MethodName::Full {
             n += self
                 .classifier
@@ -230,21 +235,7 @@ impl TaskModel {
     /// `adapters.<path>.lora_A|lora_B`), the head (`head.*`) and, for `full`, the encoder
     /// (`bert.*` / `deberta.*`). Shallow handles of the live parameters (their gradients included).
     pub fn named_trainables(&self) -> Vec<(String, Tensor)> {
-        let mut v = Vec::new();
-        for (path, l) in self.adapted_paths.iter().zip(self.adapted_linears()) {
-            match &l.adapter {
-                Some(Adapter::Svd(a)) => {
-                    v.push((format!("adapters.{path}.P"), a.p.shallow_clone()));
-                    v.push((format!("adapters.{path}.lambda"), a.lambda.shallow_clone()));
-                    v.push((format!("adapters.{path}.Q"), a.q.shallow_clone()));
-                }
-                Some(Adapter::Lora(a)) => {
-                    v.push((format!("adapters.{path}.lora_A"), a.a.shallow_clone()));
-                    v.push((format!("adapters.{path}.lora_B"), a.b.shallow_clone()));
-                }
-                None => {}
-            }
-        }
+        let mut v = adapter_trainables(&self.adapted_paths, self.adapted_linears());
         let c = &self.classifier;
         for (name, t) in c.head_tensors() {
             v.push((format!("head.{name}"), t.shallow_clone()));
@@ -267,15 +258,7 @@ impl TaskModel {
             .map(|(n, t)| (n, t.detach().to_device(Device::Cpu).copy()))
             .collect();
         // (safetensors files order tensors by name, so appending changes no bytes.)
-        for (path, l) in self.adapted_paths.iter().zip(self.adapted_linears()) {
-            if let Some(Adapter::Svd(a)) = &l.adapter {
-                let active: Vec<f32> = a.active().iter().map(|&b| f32::from(u8::from(b))).collect();
-                v.push((
-                    format!("adapters.{path}.active"),
-                    Tensor::from_slice(&active),
-                ));
-            }
-        }
+        v.extend(adapter_masks(&self.adapted_paths, self.adapted_linears()));
         v
     }
 
@@ -285,24 +268,8 @@ impl TaskModel {
         crate::io::check_saved_tensors(&self.state(), state, "the model")
             .map_err(anyhow::Error::msg)?;
         let paths = self.adapted_paths.clone();
+        restore_adapters(&paths, self.adapted_linears_mut(), state)?;
         tch::no_grad(|| -> anyhow::Result<()> {
-            for (path, l) in paths.iter().zip(self.adapted_linears_mut()) {
-                match &mut l.adapter {
-                    Some(Adapter::Svd(a)) => {
-                        let active: Vec<f32> =
-                            Vec::<f32>::try_from(&state[&format!("adapters.{path}.active")])?;
-                        let p = state[&format!("adapters.{path}.P")].to_device(a.p.device());
-                        let lam = state[&format!("adapters.{path}.lambda")].to_device(a.p.device());
-                        let q = state[&format!("adapters.{path}.Q")].to_device(a.p.device());
-                        a.restore(&p, &lam, &q, active.iter().map(|&x| x > 0.5).collect())?;
-                    }
-                    Some(Adapter::Lora(a)) => {
-                        a.a.copy_(&state[&format!("adapters.{path}.lora_A")]);
-                        a.b.copy_(&state[&format!("adapters.{path}.lora_B")]);
-                    }
-                    None => {}
-                }
-            }
             // Shallow handles share storage with the live tensors, so the optimiser keeps
             // pointing at what is restored here.
             let c = &self.classifier;
@@ -334,4 +301,92 @@ impl TaskModel {
             .filter(|l| l.adapter.is_some())
             .collect()
     }
+}
+
+/// The adapters' trainable tensors by name (`adapters.<path>.P|lambda|Q` for SVD adapters,
+/// `adapters.<path>.lora_A|lora_B` for LoRA), for the adapted `linears` at `paths`; shallow
+/// handles of the live parameters.
+pub fn adapter_trainables(paths: &[String], linears: Vec<&AdaptedLinear>) -> Vec<(String, Tensor)> {
+    let mut v = Vec::new();
+    for (path, l) in paths.iter().zip(linears) {
+        match &l.adapter {
+            Some(Adapter::Svd(a)) => {
+                v.push((format!("adapters.{path}.P"), a.p.shallow_clone()));
+                v.push((format!("adapters.{path}.lambda"), a.lambda.shallow_clone()));
+                v.push((format!("adapters.{path}.Q"), a.q.shallow_clone()));
+            }
+            Some(Adapter::Lora(a)) => {
+                v.push((format!("adapters.{path}.lora_A"), a.a.shallow_clone()));
+                v.push((format!("adapters.{path}.lora_B"), a.b.shallow_clone()));
+            }
+            None => {}
+        }
+    }
+    v
+}
+
+/// Each SVD adapter's slot mask as `adapters.<path>.active` (1 = active), on the CPU.
+pub fn adapter_masks(paths: &[String], linears: Vec<&AdaptedLinear>) -> Vec<(String, Tensor)> {
+    let mut v = Vec::new();
+    for (path, l) in paths.iter().zip(linears) {
+        if let Some(Adapter::Svd(a)) = &l.adapter {
+            let active: Vec<f32> = a.active().iter().map(|&b| f32::from(u8::from(b))).collect();
+            v.push((
+                format!("adapters.{path}.active"),
+                Tensor::from_slice(&active),
+            ));
+        }
+    }
+    v
+}
+
+/// Restores adapters saved as [`adapter_trainables`] + [`adapter_masks`], in place (names and
+/// shapes already checked by the caller).
+pub fn restore_adapters(
+    paths: &[String],
+    linears: Vec<&mut AdaptedLinear>,
+    state: &HashMap<String, Tensor>,
+) -> anyhow::Result<()> {
+    let get = |name: String| {
+        state
+            .get(&name)
+            .ok_or_else(|| anyhow::anyhow!("the saved state has no `{name}`"))
+    };
+    tch::no_grad(|| -> anyhow::Result<()> {
+        for (path, l) in paths.iter().zip(linears) {
+            match &mut l.adapter {
+                Some(Adapter::Svd(a)) => {
+                    let active: Vec<f32> =
+                        Vec::<f32>::try_from(get(format!("adapters.{path}.active"))?)?;
+                    let device = a.p.device();
+                    let p = get(format!("adapters.{path}.P"))?.to_device(device);
+                    let lam = get(format!("adapters.{path}.lambda"))?.to_device(device);
+                    let q = get(format!("adapters.{path}.Q"))?.to_device(device);
+                    a.restore(&p, &lam, &q, active.iter().map(|&x| x > 0.5).collect())?;
+                }
+                Some(Adapter::Lora(a)) => {
+                    a.a.copy_(get(format!("adapters.{path}.lora_A"))?);
+                    a.b.copy_(get(format!("adapters.{path}.lora_B"))?);
+                }
+                None => {}
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Trainable parameters of the adapters that currently take part (SVD adapters count active
+/// slots only: `r · (in + out + 1)`; LoRA `r · (in + out)`).
+pub fn adapter_parameters(linears: Vec<&AdaptedLinear>) -> i64 {
+    linears
+        .iter()
+        .map(|l| {
+            let (i, o) = l.features();
+            match &l.adapter {
+                Some(Adapter::Svd(a)) => a.rank() as i64 * (i + o + 1),
+                Some(Adapter::Lora(a)) => a.rank() as i64 * (i + o),
+                None => 0,
+            }
+        })
+        .sum()
 }
