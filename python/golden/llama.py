@@ -17,7 +17,7 @@ OUT: logits.N [batch, tokens, vocab]; grad.M.{P,lam,Q} when gy.N is given; with 
   in SPEC, greedy.N and greedy_nocache.N: the G tokens greedy decoding appends to each row of
   input_ids.N (batch 1 each), with and without the KV cache; with "score" (FOLDER must hold a
   tokenizer), score.K [choices, 3]: for each choice of question K, the summed log-probability
-  of its tokens after the prompt, its token count and its character count (lm-evaluation-harness
+  of its tokens after the prompt, its token count and its length in UTF-8 bytes (lm-evaluation-harness
   style: prompt and choice are tokenized apart, the prompt with the tokenizer's special tokens,
   the choice without, and concatenated).
 """
@@ -107,7 +107,7 @@ if spec.get("score"):
                 logp = model(input_ids=ids).logits.log_softmax(-1)[0]
             start = len(whole) - len(cont)
             total = sum(logp[start - 1 + i, c].item() for i, c in enumerate(cont))
-            rows.append([total, len(cont), len(choice)])
+            rows.append([total, len(cont), len(choice.encode("utf-8"))])
         out[f"score.{k}"] = torch.tensor(rows, dtype=torch.float64)
 
 save_file({k: v.contiguous() for k, v in out.items()}, out_path)

@@ -32,6 +32,19 @@ impl LmModel {
     /// `model.target_modules` selects. Draws from LibTorch's global generator: seed it first.
     pub fn build(config: &Config, device: Device) -> anyhow::Result<Self> {
         let method = config.method.name;
+        Self::check_method(method)?;
+        let mut model = LlamaModel::from_folder(&config.model.path, device)?;
+        let paths = model.linear_paths();
+        let adapted_paths = inject_method_adapters(config, model.linears_mut(), &paths, device)?;
+        Ok(Self {
+            model,
+            adapted_paths,
+            method,
+        })
+    }
+
+    /// Refuses methods without adapters (decoders are not fully fine-tuned here).
+    pub fn check_method(method: MethodName) -> anyhow::Result<()> {
         if !matches!(
             method,
             MethodName::Flexlora | MethodName::Adalora | MethodName::Lora
@@ -42,14 +55,7 @@ impl LmModel {
                 serde_json::to_value(method)?.as_str().unwrap_or("?")
             );
         }
-        let mut model = LlamaModel::from_folder(&config.model.path, device)?;
-        let paths = model.linear_paths();
-        let adapted_paths = inject_method_adapters(config, model.linears_mut(), &paths, device)?;
-        Ok(Self {
-            model,
-            adapted_paths,
-            method,
-        })
+        Ok(())
     }
 
     /// The model of a finished decoder run: its config's model with the adapters of

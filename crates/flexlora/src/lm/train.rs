@@ -165,14 +165,13 @@ pub fn train_lm(config: &Config, opts: &TrainOptions) -> anyhow::Result<LmSummar
             config.data.path.display()
         );
     }
-    let run = RunDir::prepare(&opts.output, config, false, opts.overwrite)?;
     let n_total = train_questions.len();
-    let total_steps_guess = config.total_steps(n_total as u64);
-    tch::manual_seed(crate::train::step_seed(tc.seed, u64::MAX));
-    let mut model = LmModel::build(config, device)?;
-    let eos = model.model.config().eos_token_ids.first().copied();
+    // Everything that can be refused is checked before the run directory is touched.
+    LmModel::check_method(config.method.name)?;
+    let llama = crate::models::LlamaConfig::from_folder(&config.model.path)?;
+    let eos = llama.eos_token_ids.first().copied();
     let pad = eos.unwrap_or(0);
-    let max_len = (config.data.max_length as i64).min(model.model.config().max_position_embeddings);
+    let max_len = (config.data.max_length as i64).min(llama.max_position_embeddings);
     let mut skipped = 0usize;
     let sequences: Vec<Sequence> = train_questions
         .iter()
@@ -192,10 +191,32 @@ pub fn train_lm(config: &Config, opts: &TrainOptions) -> anyhow::Result<LmSummar
         .collect();
     if sequences.is_empty() {
         bail!(
-            "every training sequence is longer than data.max_length = {}; raise it",
+            "every training sequence is longer than data.max_length = {} tokens; raise it",
             config.data.max_length
         );
     }
+    if let Some(q) = eval_questions
+        .iter()
+        .find(|q| q.longest() as i64 - 1 > llama.max_position_embeddings)
+    {
+        bail!(
+            "{} row {}: prompt and choice take {} tokens, more than the model's context of {}",
+            q.task.name(),
+            q.row,
+            q.longest() - 1,
+            llama.max_position_embeddings
+        );
+    }
+    let n_train = sequences.len();
+    let total_steps = config.total_steps(n_train as u64);
+    let origin = opts.output.join("config.toml").display().to_string();
+    if config.method.name == MethodName::Flexlora {
+        crate::validate::schedule(config, total_steps, &origin)?;
+    }
+    if config.method.name == MethodName::Adalora {
+        crate::validate::adalora_schedule(config, total_steps, &origin)?;
+    }
+    let run = RunDir::prepare(&opts.output, config, false, opts.overwrite)?;
     if skipped > 0 && !opts.quiet {
         eprintln!(
             "{skipped} of {n_total} training sequences are longer than data.max_length = {} \
@@ -203,15 +224,8 @@ pub fn train_lm(config: &Config, opts: &TrainOptions) -> anyhow::Result<LmSummar
             config.data.max_length
         );
     }
-    let n_train = sequences.len();
-    let total_steps = config.total_steps(n_train as u64);
-    let _ = total_steps_guess;
-    if config.method.name == MethodName::Flexlora {
-        crate::validate::schedule(config, total_steps, &run.config_origin())?;
-    }
-    if config.method.name == MethodName::Adalora {
-        crate::validate::adalora_schedule(config, total_steps, &run.config_origin())?;
-    }
+    tch::manual_seed(crate::train::step_seed(tc.seed, u64::MAX));
+    let mut model = LmModel::build(config, device)?;
     let mut optimiser = step::optimiser_for(config, &model);
     let mut allocators = step::Allocators::for_model(config, &model, total_steps)?;
     let plan = step::StepPlan::new(config, total_steps);

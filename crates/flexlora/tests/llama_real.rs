@@ -1,0 +1,117 @@
+//! The real SmolLM2-135M-Instruct (converted from its GGUF by `scripts/fetch-assets llama`)
+//! against transformers: logits, greedy generation, and zero-shot scoring of a fixed slice of
+//! a commonsense task with the same template (per-choice log-likelihoods, acc and acc_norm).
+
+mod common;
+
+use common::{golden_with_args, max_abs_diff, repo_root};
+use flexlora::data::commonsense::{CommonsenseTask, split_suite};
+use flexlora::lm::score::pick;
+use flexlora::lm::{
+    EncodedQuestion, GenerateOptions, LmTokenizer, Sampling, generate, score_question,
+};
+use flexlora::models::LlamaModel;
+use serde_json::json;
+use std::path::PathBuf;
+use tch::{Device, Tensor};
+
+fn smollm2() -> PathBuf {
+    let p = repo_root().join("assets/smollm2-135m-instruct");
+    assert!(
+        p.join("model.safetensors").exists(),
+        "{} is missing: run scripts/fetch-assets llama",
+        p.display()
+    );
+    p
+}
+
+/// Runs python/golden/llama.py on the real folder with `spec`.
+fn golden(
+    spec: serde_json::Value,
+    inputs: &[(&str, &Tensor)],
+) -> std::collections::HashMap<String, Tensor> {
+    let dir = tempfile::tempdir().unwrap();
+    let spec_path = dir.path().join("spec.json");
+    std::fs::write(&spec_path, spec.to_string()).unwrap();
+    let folder = smollm2();
+    golden_with_args(
+        "llama.py",
+        &[spec_path.to_str().unwrap(), folder.to_str().unwrap()],
+        inputs,
+    )
+}
+
+#[test]
+fn smollm2_logits_and_greedy_generation_match_transformers() {
+    let model = LlamaModel::from_folder(&smollm2(), Device::Cpu).unwrap();
+    let tokenizer = LmTokenizer::from_folder(&smollm2()).unwrap();
+    let prompt = tokenizer.encode("The capital of France is", true).unwrap();
+    assert_eq!(prompt, vec![504, 3575, 282, 4649, 314]);
+    let ids = Tensor::from_slice(&prompt).unsqueeze(0);
+    let want = golden(json!({"generate": 12}), &[("input_ids.0", &ids)]);
+    let got = tch::no_grad(|| model.logits(&model.forward(&ids, None, None, false)));
+    let d = max_abs_diff(&got, &want["logits.0"]);
+    eprintln!("SmolLM2 logits {d:e}");
+    assert!(d <= 1e-4, "logits differ by {d:e}");
+    let opts = GenerateOptions {
+        max_new_tokens: 12,
+        sampling: Sampling::Greedy,
+        use_cache: true,
+        stop_tokens: vec![],
+    };
+    let new = generate(&model, &prompt, &opts).unwrap();
+    let hf: Vec<i64> = Vec::try_from(&want["greedy.0"].get(0)).unwrap();
+    assert_eq!(new, hf);
+    assert_eq!(tokenizer.decode(&new[..2], false).unwrap(), " Paris.");
+}
+
+#[test]
+fn zero_shot_scores_of_an_arc_slice_equal_transformers() {
+    let model = LlamaModel::from_folder(&smollm2(), Device::Cpu).unwrap();
+    let tokenizer = LmTokenizer::from_folder(&smollm2()).unwrap();
+    let root = repo_root().join("assets/hf_datasets");
+    // A fixed slice: the first 8 evaluation questions of ARC-Easy (split seed 0).
+    let split = split_suite(&root, &[CommonsenseTask::ArcEasy], 0, Some(0), Some(8)).unwrap();
+    assert_eq!(split.eval.len(), 8);
+    let spec: Vec<serde_json::Value> = split
+        .eval
+        .iter()
+        .map(|q| json!({"prompt": q.prompt, "choices": q.choices}))
+        .collect();
+    let want = golden(json!({"score": spec}), &[]);
+    let (mut ours, mut theirs) = ([0usize; 2], [0usize; 2]);
+    for (k, q) in split.eval.iter().enumerate() {
+        let encoded = EncodedQuestion::new(&tokenizer, q).unwrap();
+        let scores = score_question(&model, &encoded).unwrap();
+        let reference: Vec<Vec<f64>> = (0..scores.len() as i64)
+            .map(|i| Vec::try_from(&want[&format!("score.{k}")].get(i)).unwrap())
+            .collect();
+        for (s, r) in scores.iter().zip(&reference) {
+            assert!(
+                (s.logprob - r[0]).abs() <= 1e-3,
+                "question {k}: log-likelihood {} vs transformers {}",
+                s.logprob,
+                r[0]
+            );
+            assert_eq!(s.tokens as f64, r[1], "question {k}: choice token counts");
+            assert_eq!(s.bytes as f64, r[2], "question {k}: choice lengths");
+        }
+        for (n, normalise) in [false, true].into_iter().enumerate() {
+            let as_scores: Vec<_> = scores
+                .iter()
+                .zip(&reference)
+                .map(|(s, r)| flexlora::lm::ChoiceScore {
+                    logprob: r[0],
+                    ..*s
+                })
+                .collect();
+            ours[n] += usize::from(pick(&scores, normalise) == q.answer);
+            theirs[n] += usize::from(pick(&as_scores, normalise) == q.answer);
+        }
+    }
+    eprintln!(
+        "ARC-Easy slice: acc {}/8, acc_norm {}/8 (transformers {:?})",
+        ours[0], ours[1], theirs
+    );
+    assert_eq!(ours, theirs, "accuracy differs from transformers' scoring");
+}
