@@ -120,6 +120,24 @@ impl AdjustmentSchedule {
                 message: "must be at least 1".into(),
             });
         }
+        // The first candidate step is t_init + delta_t; it must come before T - t_final.
+        let frozen_from = self.total_steps - self.t_final;
+        if self.t_init.saturating_add(self.delta_t) >= frozen_from {
+            return Err(ScheduleError {
+                field: "delta_t",
+                message: format!(
+                    "no step adjusts ranks: the first candidate, t_init + delta_t = {} + {} = {}, \
+                     is not before T - t_final = {} - {} = {} (t_final counts the last steps, \
+                     with frozen ranks); lower t_init, delta_t or t_final",
+                    self.t_init,
+                    self.delta_t,
+                    self.t_init + self.delta_t,
+                    self.total_steps,
+                    self.t_final,
+                    frozen_from
+                ),
+            });
+        }
         if self.b0 == 0 {
             return Err(ScheduleError {
                 field: "b0",
@@ -278,7 +296,18 @@ mod tests {
         let mut s = sched(0, 0, 1, 10, 1);
         s.exp_rate = f64::NAN;
         assert_eq!(s.validate().unwrap_err().field, "exp_rate");
-        assert!(sched(49, 50, 1, 100, 4).validate().is_ok());
+        // t_init < t < T - t_final holds for t = 49 only when t_init = 48: with 49 no step
+        // adjusts, and neither does a delta_t that jumps past the window.
+        assert!(sched(48, 50, 1, 100, 4).validate().is_ok());
+        assert_eq!(
+            sched(49, 50, 1, 100, 4).validate().unwrap_err().field,
+            "delta_t"
+        );
+        assert_eq!(
+            sched(10, 35, 5, 50, 4).validate().unwrap_err().field,
+            "delta_t"
+        );
+        assert!(sched(10, 34, 5, 50, 4).validate().is_ok());
     }
 
     proptest! {
@@ -291,7 +320,7 @@ mod tests {
         ) {
             let kinds = [BudgetSchedule::Cubic, BudgetSchedule::CubicRef, BudgetSchedule::Linear,
                          BudgetSchedule::Exp, BudgetSchedule::Constant];
-            let mut s = sched(t_init, t_final, delta_t, t_init + t_final + extra, b0);
+            let mut s = sched(t_init, t_final, delta_t, t_init + t_final + delta_t + extra, b0);
             s.schedule = kinds[kind];
             prop_assert!(s.validate().is_ok());
             let mut last = u32::MAX;

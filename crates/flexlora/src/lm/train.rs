@@ -189,6 +189,19 @@ pub fn train_lm(config: &Config, opts: &TrainOptions) -> anyhow::Result<LmSummar
             })
         })
         .collect();
+    let vocab = llama.vocab_size;
+    if let Some(bad) = sequences
+        .iter()
+        .flat_map(|s| s.ids.iter())
+        .chain(eval_questions.iter().flat_map(|q| q.prompt.iter().chain(q.choices.iter().flatten())))
+        .find(|&&t| t < 0 || t >= vocab)
+    {
+        bail!(
+            "{}: the tokenizer produced token id {bad}, outside the model's vocabulary of {vocab} \
+             (config.json vocab_size): tokenizer.json and the weights do not belong together",
+            config.model.path.display()
+        );
+    }
     if sequences.is_empty() {
         bail!(
             "every training sequence is longer than data.max_length = {} tokens; raise it",
