@@ -32,3 +32,45 @@ for label, tables, took in rows:
         norm = statistics.mean(t[i]["acc_norm"] for t in tables) * 100
         cells.append(f"{acc:.1f} / {norm:.1f}")
     print(f"| {label} | " + " | ".join(cells) + f" | {took} |")
+
+
+def correct(outcomes, normalise):
+    """{(task, row): right?} by the acc (or acc_norm) rule, as flexlora's `pick`."""
+    out = {}
+    for o in outcomes:
+        vals = [s["logprob"] / max(s["bytes"], 1) if normalise else s["logprob"] for s in o["scores"]]
+        best = max(range(len(vals)), key=lambda i: (vals[i], -i))
+        out[(o["task"], o["row"])] = best == o["answer"]
+    return out
+
+
+def outcomes_of(name):
+    if name == "zero-shot":
+        return json.loads(zero.read_text())["outcomes"]
+    path = root / f"{name}-seed0" / "predictions.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else None
+
+
+def exact_p(b, c):
+    """Two-sided exact McNemar (binomial) p-value for b vs c discordant questions."""
+    from math import comb
+    n, k = b + c, min(b, c)
+    if n == 0:
+        return 1.0
+    return min(1.0, 2 * sum(comb(n, i) for i in range(k + 1)) / 2 ** n)
+
+
+print()
+print("Paired on the same questions (seed 0, acc rule): questions only the first method gets right,")
+print("only the second, and the exact McNemar p-value.")
+print()
+print("| comparison | first only | second only | p |")
+print("| --- | ---: | ---: | ---: |")
+for a, b in (("flexlora", "zero-shot"), ("flexlora", "adalora"), ("flexlora", "lora"), ("adalora", "lora")):
+    oa, ob = outcomes_of(a), outcomes_of(b)
+    if not oa or not ob:
+        continue
+    ca, cb = correct(oa, False), correct(ob, False)
+    only_a = sum(1 for k in ca if ca[k] and not cb.get(k, False))
+    only_b = sum(1 for k in ca if cb.get(k, False) and not ca[k])
+    print(f"| {a} vs {b} | {only_a} | {only_b} | {exact_p(only_a, only_b):.3f} |")

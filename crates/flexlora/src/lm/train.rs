@@ -193,7 +193,11 @@ pub fn train_lm(config: &Config, opts: &TrainOptions) -> anyhow::Result<LmSummar
     if let Some(bad) = sequences
         .iter()
         .flat_map(|s| s.ids.iter())
-        .chain(eval_questions.iter().flat_map(|q| q.prompt.iter().chain(q.choices.iter().flatten())))
+        .chain(
+            eval_questions
+                .iter()
+                .flat_map(|q| q.prompt.iter().chain(q.choices.iter().flatten())),
+        )
         .find(|&&t| t < 0 || t >= vocab)
     {
         bail!(
