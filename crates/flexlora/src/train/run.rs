@@ -361,7 +361,7 @@ pub fn matrix_labels(paths: &[String]) -> Vec<String> {
         .map(|p| {
             let layer = p
                 .split('.')
-                .skip_while(|s| *s != "layer")
+                .skip_while(|s| *s != "layer" && *s != "layers")
                 .nth(1)
                 .unwrap_or("?");
             let module = if p.ends_with("attention.output.dense") {
@@ -376,4 +376,24 @@ pub fn matrix_labels(paths: &[String]) -> Vec<String> {
             format!("L{layer} {module}")
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::matrix_labels;
+
+    #[test]
+    fn labels_name_layer_and_module_in_every_layout() {
+        let paths = [
+            "encoder.layer.3.attention.self.query",
+            "encoder.layer.3.attention.output.dense",
+            "layers.11.self_attn.q_proj",
+            "layers.2.mlp.down_proj",
+        ];
+        let paths: Vec<String> = paths.iter().map(|p| p.to_string()).collect();
+        assert_eq!(
+            matrix_labels(&paths),
+            ["L3 query", "L3 attn.out", "L11 q_proj", "L2 down_proj"]
+        );
+    }
 }

@@ -73,9 +73,12 @@
 //! folder, the 0-based row and the field. A missing folder is a [`DataError::Config`] naming
 //! it and `scripts/fetch-assets commonsense`. Bad data never panics.
 
+mod templates;
+
 use super::{DataError, derive_seed, shuffled_indices};
 use serde_json::{Map, Value};
 use std::path::Path;
+use templates::render;
 
 /// One task of the commonsense-reasoning suite.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -269,14 +272,14 @@ pub fn split_suite(
 }
 
 /// One row of a folder, for error messages that name the folder, the row and the field.
-struct Row<'a> {
+pub(crate) struct Row<'a> {
     path: &'a Path,
     row: usize,
     object: &'a Map<String, Value>,
 }
 
 impl Row<'_> {
-    fn err(&self, field: &str, message: String) -> DataError {
+    pub(crate) fn err(&self, field: &str, message: String) -> DataError {
         DataError::Field {
             path: self.path.to_path_buf(),
             row: self.row,
@@ -285,7 +288,7 @@ impl Row<'_> {
         }
     }
 
-    fn get(&self, field: &str) -> Result<&Value, DataError> {
+    pub(crate) fn get(&self, field: &str) -> Result<&Value, DataError> {
         self.object.get(field).ok_or_else(|| {
             let keys: Vec<String> = self.object.keys().map(|k| format!("`{k}`")).collect();
             self.err(
@@ -303,17 +306,21 @@ impl Row<'_> {
     }
 
     /// A string field, trimmed.
-    fn text(&self, field: &str) -> Result<String, DataError> {
+    pub(crate) fn text(&self, field: &str) -> Result<String, DataError> {
         Ok(self.raw(field)?.trim().to_string())
     }
 
     /// A string field as stored.
-    fn raw(&self, field: &str) -> Result<&str, DataError> {
+    pub(crate) fn raw(&self, field: &str) -> Result<&str, DataError> {
         as_str(self.get(field)?, |m| self.err(field, m))
     }
 
     /// A list-of-strings value `value` (named `field`), the strings as stored.
-    fn strs<'v>(&self, field: &str, value: &'v Value) -> Result<Vec<&'v str>, DataError> {
+    pub(crate) fn strs<'v>(
+        &self,
+        field: &str,
+        value: &'v Value,
+    ) -> Result<Vec<&'v str>, DataError> {
         let Value::Array(items) = value else {
             return Err(self.err(
                 field,
@@ -329,7 +336,7 @@ impl Row<'_> {
 
     /// `" " + text` for each (trimmed) text: at least two, none empty. `field` names the
     /// choices as a whole, `item(j)` choice `j`.
-    fn choices(
+    pub(crate) fn choices(
         &self,
         field: &str,
         texts: &[String],
@@ -355,7 +362,7 @@ impl Row<'_> {
     }
 
     /// A 1-based (`base = 1`) or 0-based (`base = 0`) choice number written as a string.
-    fn numbered(&self, field: &str, base: usize, n: usize) -> Result<usize, DataError> {
+    pub(crate) fn numbered(&self, field: &str, base: usize, n: usize) -> Result<usize, DataError> {
         let value = self.text(field)?;
         value
             .parse::<usize>()
@@ -377,14 +384,17 @@ impl Row<'_> {
     }
 }
 
-fn as_str(value: &Value, err: impl FnOnce(String) -> DataError) -> Result<&str, DataError> {
+fn as_str(
+    value: &Value,
+    err: impl FnOnce(String) -> DataError,
+) -> Result<&str, DataError> {
     match value {
         Value::String(s) => Ok(s),
         other => Err(err(format!("is {}, expected a string", kind(other)))),
     }
 }
 
-fn kind(value: &Value) -> &'static str {
+pub(crate) fn kind(value: &Value) -> &'static str {
     match value {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",
@@ -395,211 +405,9 @@ fn kind(value: &Value) -> &'static str {
     }
 }
 
-/// `{prefix}1: {choice 1}\n\n{prefix}2: ...`, the choices without their leading space.
-fn numbered_list(prefix: &str, texts: &[String]) -> String {
-    texts
-        .iter()
-        .enumerate()
-        .map(|(j, t)| format!("{prefix}{}: {t}", j + 1))
-        .collect::<Vec<_>>()
-        .join("\n\n")
-}
-
-/// The instruction, choices and answer of one row of `task`.
-fn render(task: CommonsenseTask, r: &Row) -> Result<(String, Vec<String>, usize), DataError> {
-    use CommonsenseTask as T;
-    Ok(match task {
-        T::Boolq => {
-            let question = r.text("question")?;
-            let answer = match r.get("answer")? {
-                Value::Bool(true) => 0,
-                Value::Bool(false) => 1,
-                other => {
-                    return Err(r.err("answer", format!("is {}, expected a boolean", kind(other))));
-                }
-            };
-            (
-                format!(
-                    "Please answer the following question with true or false, question: {question}?"
-                ),
-                vec![" true".into(), " false".into()],
-                answer,
-            )
-        }
-        T::Piqa => {
-            let goal = r.text("goal")?;
-            let texts = [r.text("sol1")?, r.text("sol2")?];
-            let choices = r.choices("sol1", &texts, |j| format!("sol{}", j + 1))?;
-            let label = r.get("label")?;
-            let answer =
-                label.as_u64().filter(|&k| k < 2).ok_or_else(|| {
-                    r.err("label", format!("is {label}, expected the integer 0 or 1"))
-                })? as usize;
-            (
-                format!(
-                    "Please choose the correct solution to the question: {goal}\n\n{}",
-                    numbered_list("Solution", &texts)
-                ),
-                choices,
-                answer,
-            )
-        }
-        T::SocialIqa => {
-            let context = r.text("context")?;
-            let question = r.text("question")?;
-            let texts = [r.text("answerA")?, r.text("answerB")?, r.text("answerC")?];
-            let choices = r.choices("answerA", &texts, |j| {
-                format!("answer{}", ["A", "B", "C"][j])
-            })?;
-            let answer = r.numbered("label", 1, 3)?;
-            (
-                format!(
-                    "Please choose the correct answer to the question: {context} {question}\n\n{}",
-                    numbered_list("Answer", &texts)
-                ),
-                choices,
-                answer,
-            )
-        }
-        T::Hellaswag => {
-            // As lm-evaluation-harness: the fields as stored, preprocessed as a whole.
-            let label = r.raw("activity_label")?;
-            let ctx = format!("{} {}", r.raw("ctx_a")?, capitalize(r.raw("ctx_b")?));
-            let query = hellaswag_preprocess(&format!("{label}: {ctx}"));
-            let texts: Vec<String> = r
-                .strs("endings", r.get("endings")?)?
-                .into_iter()
-                .map(|e| hellaswag_preprocess(e).trim().to_string())
-                .collect();
-            let choices = r.choices("endings", &texts, |j| format!("endings[{j}]"))?;
-            let answer = r.numbered("label", 0, texts.len())?;
-            (
-                format!(
-                    "Please choose the correct ending to complete the given sentence: {}\n\n{}",
-                    query.trim(),
-                    numbered_list("Ending", &texts)
-                ),
-                choices,
-                answer,
-            )
-        }
-        T::Winogrande => {
-            let sentence = r.text("sentence")?;
-            let texts = [r.text("option1")?, r.text("option2")?];
-            let choices = r.choices("option1", &texts, |j| format!("option{}", j + 1))?;
-            let answer = r.numbered("answer", 1, 2)?;
-            (
-                format!(
-                    "Please choose the correct answer to fill in the blank to complete the given sentence: {sentence}\n\n{}",
-                    numbered_list("Option", &texts)
-                ),
-                choices,
-                answer,
-            )
-        }
-        T::ArcEasy | T::ArcChallenge | T::Openbookqa => {
-            let question = r.text(if task == T::Openbookqa {
-                "question_stem"
-            } else {
-                "question"
-            })?;
-            let c = match r.get("choices")? {
-                Value::Object(c) => c,
-                other => {
-                    return Err(r.err(
-                        "choices",
-                        format!(
-                            "is {}, expected a struct of `text` and `label` lists",
-                            kind(other)
-                        ),
-                    ));
-                }
-            };
-            let list = |name: &str| -> Result<Vec<String>, DataError> {
-                let field = format!("choices.{name}");
-                let value = c.get(name).ok_or_else(|| r.err(&field, "missing".into()))?;
-                Ok(r.strs(&field, value)?
-                    .into_iter()
-                    .map(|s| s.trim().to_string())
-                    .collect())
-            };
-            let texts = list("text")?;
-            let labels = list("label")?;
-            if labels.len() != texts.len() {
-                return Err(r.err(
-                    "choices.label",
-                    format!(
-                        "has {} labels for {} choice texts",
-                        labels.len(),
-                        texts.len()
-                    ),
-                ));
-            }
-            let choices = r.choices("choices.text", &texts, |j| format!("choices.text[{j}]"))?;
-            let key = r.text("answerKey")?;
-            let answer = labels.iter().position(|l| *l == key).ok_or_else(|| {
-                r.err(
-                    "answerKey",
-                    format!(
-                        "\"{key}\" is not one of the labels {}",
-                        labels
-                            .iter()
-                            .map(|l| format!("\"{l}\""))
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ),
-                )
-            })?;
-            (
-                format!(
-                    "Please choose the correct answer to the question: {question}\n\n{}",
-                    numbered_list("Answer", &texts)
-                ),
-                choices,
-                answer,
-            )
-        }
-    })
-}
-
-/// Python's `str.capitalize`: the first character upper case, the rest lower case.
-fn capitalize(s: &str) -> String {
-    let mut chars = s.chars();
-    match chars.next() {
-        None => String::new(),
-        Some(first) => first
-            .to_uppercase()
-            .chain(chars.flat_map(char::to_lowercase))
-            .collect(),
-    }
-}
-
-/// lm-evaluation-harness's HellaSwag `preprocess`: trim, `" [title]"` → `". "`, drop every
-/// `[...]` (`re.sub("\\[.*?\\]", "", text)`: the shortest span, not across a newline), then
-/// `"  "` → `" "` in one pass.
-fn hellaswag_preprocess(text: &str) -> String {
-    let text = text.trim().replace(" [title]", ". ");
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text.as_str();
-    while let Some(open) = rest.find('[') {
-        let after = &rest[open + 1..];
-        match after.find([']', '\n']) {
-            Some(close) if after[close..].starts_with(']') => {
-                out.push_str(&rest[..open]);
-                rest = &after[close + 1..];
-            }
-            _ => {
-                out.push_str(&rest[..=open]);
-                rest = after;
-            }
-        }
-    }
-    out.push_str(rest);
-    out.replace("  ", " ")
-}
-
 #[cfg(test)]
 mod tests {
+    use super::templates::{capitalize, hellaswag_preprocess};
     use super::*;
 
     #[test]
