@@ -1,12 +1,12 @@
 //! The decoder a run trains: a LLaMA model with the method's adapters, and its adapter state
 //! as named tensors (saved in the run, loaded by `generate` and `lm-eval`).
 
-use crate::adapter::{AdaptedLinear, Adapter, SvdAdapter};
+use crate::adapter::{AdaptedLinear, SvdAdapter};
 use crate::config::{Config, MethodName};
 use crate::models::LlamaModel;
 use crate::train::model::{
-    TrainableModel, adapter_masks, adapter_parameters, adapter_trainables, inject_method_adapters,
-    restore_adapters,
+    TrainableModel, adapter_masks, adapter_optimiser_groups, adapter_parameters,
+    adapter_trainables, inject_method_adapters, restore_adapters,
 };
 use anyhow::{Context, bail};
 use std::collections::HashMap;
@@ -145,23 +145,7 @@ impl TrainableModel for LmModel {
     }
 
     fn optimiser_groups(&self) -> Vec<Vec<(&Tensor, Option<usize>)>> {
-        let mut groups: Vec<Vec<(&Tensor, Option<usize>)>> = self
-            .svd_adapters()
-            .into_iter()
-            .map(|a| {
-                a.slotted_parameters()
-                    .into_iter()
-                    .map(|(t, axis)| (t, Some(axis)))
-                    .collect()
-            })
-            .collect();
-        let mut rest: Vec<(&Tensor, Option<usize>)> = Vec::new();
-        for l in self.model.linears() {
-            if let Some(Adapter::Lora(a)) = &l.adapter {
-                rest.push((&a.a, None));
-                rest.push((&a.b, None));
-            }
-        }
+        let (mut groups, rest) = adapter_optimiser_groups(self.model.linears());
         groups.push(rest);
         groups
     }

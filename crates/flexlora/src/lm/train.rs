@@ -308,7 +308,7 @@ pub fn train_lm(config: &Config, opts: &TrainOptions) -> anyhow::Result<LmSummar
                     state.step + 1
                 );
             }
-            let update = step::apply_update(
+            let mut update = step::apply_update(
                 &mut model,
                 &mut optimiser,
                 &mut allocators,
@@ -319,22 +319,7 @@ pub fn train_lm(config: &Config, opts: &TrainOptions) -> anyhow::Result<LmSummar
             state.allocation_seconds += update.allocation_seconds;
             state.step += 1;
             state.micro_in_epoch = last;
-            if let Some(record) = update.mask {
-                if state
-                    .rank_history
-                    .last()
-                    .is_none_or(|(_, r)| *r != record.ranks)
-                {
-                    state.rank_history.push((state.step, record.ranks.clone()));
-                }
-                run.log_ranks(&serde_json::to_value(&record)?)?;
-            }
-            if let Some(record) = update.allocation {
-                if !record.pruned.is_empty() || !record.expanded.is_empty() {
-                    state.rank_history.push((state.step, record.ranks.clone()));
-                }
-                run.log_ranks(&serde_json::to_value(&record)?)?;
-            }
+            run.record_rank_changes(&mut state, update.mask.take(), update.allocation.take())?;
             window = (window.0 + step_loss, window.1 + 1);
             if state.step % tc.log_every == 0 || state.step == total_steps {
                 let mean = window.0 / window.1.max(1) as f64;

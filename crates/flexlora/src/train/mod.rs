@@ -275,22 +275,7 @@ pub fn train(config: &Config, opts: &TrainOptions) -> anyhow::Result<Summary> {
             state.allocation_seconds += update.allocation_seconds;
             state.step += 1;
             state.micro_in_epoch = last;
-            if let Some(record) = update.mask {
-                if state
-                    .rank_history
-                    .last()
-                    .is_none_or(|(_, r)| *r != record.ranks)
-                {
-                    state.rank_history.push((state.step, record.ranks.clone()));
-                }
-                run.log_ranks(&serde_json::to_value(&record)?)?;
-            }
-            if let Some(record) = update.allocation {
-                if !record.pruned.is_empty() || !record.expanded.is_empty() {
-                    state.rank_history.push((state.step, record.ranks.clone()));
-                }
-                run.log_ranks(&serde_json::to_value(&record)?)?;
-            }
+            run.record_rank_changes(&mut state, update.mask, update.allocation)?;
             window_loss = (window_loss.0 + step_loss, window_loss.1 + 1);
             if state.step % tc.log_every == 0 || state.step == total_steps {
                 let mean = window_loss.0 / window_loss.1.max(1) as f64;

@@ -176,23 +176,7 @@ impl TaskModel {
     /// Groups of trainable tensors for the optimiser, SVD adapters first (group `k` = adapter
     /// `k`, slot axes given), then every other trainable tensor in one unslotted group.
     pub fn optimiser_groups(&self) -> Vec<Vec<(&Tensor, Option<usize>)>> {
-        let mut groups: Vec<Vec<(&Tensor, Option<usize>)>> = self
-            .svd_adapters()
-            .into_iter()
-            .map(|a| {
-                a.slotted_parameters()
-                    .into_iter()
-                    .map(|(t, axis)| (t, Some(axis)))
-                    .collect()
-            })
-            .collect();
-        let mut rest: Vec<(&Tensor, Option<usize>)> = Vec::new();
-        for l in self.classifier.linears() {
-            if let Some(Adapter::Lora(a)) = &l.adapter {
-                rest.push((&a.a, None));
-                rest.push((&a.b, None));
-            }
-        }
+        let (mut groups, mut rest) = adapter_optimiser_groups(self.classifier.linears());
         if self.method == MethodName::Full {
             rest.extend(
                 self.classifier
@@ -389,4 +373,30 @@ pub fn adapter_parameters(linears: Vec<&AdaptedLinear>) -> i64 {
             }
         })
         .sum()
+}
+
+/// The adapters' optimiser groups: one per SVD adapter of `linears` (in order, slot axes
+/// given), and LoRA's factors as unslotted tensors for the caller's last group.
+#[allow(clippy::type_complexity)]
+pub fn adapter_optimiser_groups(
+    linears: Vec<&AdaptedLinear>,
+) -> (
+    Vec<Vec<(&Tensor, Option<usize>)>>,
+    Vec<(&Tensor, Option<usize>)>,
+) {
+    let mut groups = Vec::new();
+    let mut rest = Vec::new();
+    for l in linears {
+        match &l.adapter {
+            Some(Adapter::Svd(a)) => groups.push(
+                a.slotted_parameters()
+                    .into_iter()
+                    .map(|(t, axis)| (t, Some(axis)))
+                    .collect(),
+            ),
+            Some(Adapter::Lora(a)) => rest.extend([(&a.a, None), (&a.b, None)]),
+            None => {}
+        }
+    }
+    (groups, rest)
 }

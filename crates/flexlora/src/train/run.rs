@@ -255,6 +255,33 @@ impl RunDir {
         Ok(())
     }
 
+    /// Logs an update's AdaLoRA mask or FlexLoRA allocation to `ranks.jsonl` and adds the new
+    /// ranks to `state`'s history when they changed (the rank heatmap's rows).
+    pub fn record_rank_changes(
+        &self,
+        state: &mut TrainerState,
+        mask: Option<crate::adalora::MaskRecord>,
+        allocation: Option<crate::allocation::AllocationRecord>,
+    ) -> anyhow::Result<()> {
+        if let Some(record) = mask {
+            if state
+                .rank_history
+                .last()
+                .is_none_or(|(_, r)| *r != record.ranks)
+            {
+                state.rank_history.push((state.step, record.ranks.clone()));
+            }
+            self.log_ranks(&serde_json::to_value(&record)?)?;
+        }
+        if let Some(record) = allocation {
+            if !record.pruned.is_empty() || !record.expanded.is_empty() {
+                state.rank_history.push((state.step, record.ranks.clone()));
+            }
+            self.log_ranks(&serde_json::to_value(&record)?)?;
+        }
+        Ok(())
+    }
+
     /// Writes `summary.json` (last: its presence marks a finished run).
     pub fn write_summary(&self, summary: &Summary) -> anyhow::Result<()> {
         let text = serde_json::to_string_pretty(summary)?;

@@ -384,10 +384,7 @@ impl Row<'_> {
     }
 }
 
-fn as_str(
-    value: &Value,
-    err: impl FnOnce(String) -> DataError,
-) -> Result<&str, DataError> {
+fn as_str(value: &Value, err: impl FnOnce(String) -> DataError) -> Result<&str, DataError> {
     match value {
         Value::String(s) => Ok(s),
         other => Err(err(format!("is {}, expected a string", kind(other)))),
