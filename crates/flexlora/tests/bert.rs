@@ -169,20 +169,7 @@ fn adapter_gradients_through_the_whole_model_match_transformers() {
     (&hidden * &gy).sum(Kind::Float).backward();
 
     let mut named: Vec<(String, Tensor)> = vec![("gy".into(), gy.shallow_clone())];
-    for (path, layer) in paths.iter().zip(bert.linears()) {
-        let Some(a) = layer.svd_adapter() else {
-            continue;
-        };
-        let mask: Vec<f32> = a.active().iter().map(|&b| f32::from(u8::from(b))).collect();
-        named.push((format!("adapter.{path}.P"), a.p.detach()));
-        named.push((format!("adapter.{path}.lam"), a.lambda.detach()));
-        named.push((format!("adapter.{path}.Q"), a.q.detach()));
-        named.push((format!("adapter.{path}.mask"), Tensor::from_slice(&mask)));
-        named.push((
-            format!("adapter.{path}.scale"),
-            Tensor::from_slice(&[a.scale() as f32]),
-        ));
-    }
+    named.extend(common::svd_adapter_inputs(&paths, bert.linears()));
     let inputs: Vec<(&str, &Tensor)> = named.iter().map(|(n, t)| (n.as_str(), t)).collect();
     let want = reference(None, &inputs);
     let d = max_abs_diff_real_tokens(&hidden, &want["hidden"], &input.attention_mask);

@@ -334,18 +334,7 @@ fn check_adapter_gradients(case: &Case, input: &EncoderInput, expected_per_layer
     (&hidden * &gy).sum(Kind::Float).backward();
 
     let mut named: Vec<(String, Tensor)> = vec![("gy".into(), gy.shallow_clone())];
-    for (path, layer) in paths.iter().zip(model.linears()) {
-        let a = layer.svd_adapter().unwrap();
-        let mask: Vec<f32> = a.active().iter().map(|&b| f32::from(u8::from(b))).collect();
-        named.push((format!("adapter.{path}.P"), a.p.detach()));
-        named.push((format!("adapter.{path}.lam"), a.lambda.detach()));
-        named.push((format!("adapter.{path}.Q"), a.q.detach()));
-        named.push((format!("adapter.{path}.mask"), Tensor::from_slice(&mask)));
-        named.push((
-            format!("adapter.{path}.scale"),
-            Tensor::from_slice(&[a.scale() as f32]),
-        ));
-    }
+    named.extend(common::svd_adapter_inputs(&paths, model.linears()));
     let mut inputs: Vec<(&str, &Tensor)> = named.iter().map(|(n, t)| (n.as_str(), t)).collect();
     inputs.extend(input_tensors(input));
     let want = case.golden(&inputs);

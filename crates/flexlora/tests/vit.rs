@@ -293,20 +293,7 @@ fn check_gradients(case: &Case, targets: &[&str], x: &Tensor) {
         ("gy.0".into(), gy.shallow_clone()),
         ("pixel_values.0".into(), x.shallow_clone()),
     ];
-    for (path, layer) in paths.iter().zip(model.linears()) {
-        let Some(a) = layer.svd_adapter() else {
-            continue;
-        };
-        let mask: Vec<f32> = a.active().iter().map(|&b| f32::from(u8::from(b))).collect();
-        named.push((format!("adapter.{path}.P"), a.p.detach()));
-        named.push((format!("adapter.{path}.lam"), a.lambda.detach()));
-        named.push((format!("adapter.{path}.Q"), a.q.detach()));
-        named.push((format!("adapter.{path}.mask"), Tensor::from_slice(&mask)));
-        named.push((
-            format!("adapter.{path}.scale"),
-            Tensor::from_slice(&[a.scale() as f32]),
-        ));
-    }
+    named.extend(common::svd_adapter_inputs(&paths, model.linears()));
     let inputs: Vec<(&str, &Tensor)> = named.iter().map(|(n, t)| (n.as_str(), t)).collect();
     let want = case.golden(&inputs);
     let d = max_abs_diff(&hidden, &want["hidden.0"]);

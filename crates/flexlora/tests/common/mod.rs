@@ -230,3 +230,27 @@ pub fn minilm_config(precision: &str) -> flexlora::config::Config {
         .unwrap()
         .config
 }
+
+/// The golden scripts' inputs for every SVD adapter among `linears` (module paths `paths`):
+/// `adapter.<path>.P`, `.lam`, `.Q`, `.mask` (1 = active slot) and `.scale`.
+pub fn svd_adapter_inputs(
+    paths: &[String],
+    linears: Vec<&flexlora::adapter::AdaptedLinear>,
+) -> Vec<(String, Tensor)> {
+    let mut named = Vec::new();
+    for (path, layer) in paths.iter().zip(linears) {
+        let Some(a) = layer.svd_adapter() else {
+            continue;
+        };
+        let mask: Vec<f32> = a.active().iter().map(|&b| f32::from(u8::from(b))).collect();
+        named.push((format!("adapter.{path}.P"), a.p.detach()));
+        named.push((format!("adapter.{path}.lam"), a.lambda.detach()));
+        named.push((format!("adapter.{path}.Q"), a.q.detach()));
+        named.push((format!("adapter.{path}.mask"), Tensor::from_slice(&mask)));
+        named.push((
+            format!("adapter.{path}.scale"),
+            Tensor::from_slice(&[a.scale() as f32]),
+        ));
+    }
+    named
+}
