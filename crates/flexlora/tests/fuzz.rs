@@ -579,7 +579,7 @@ fn tiny_run(dir: &Path) -> std::path::PathBuf {
         "--set",
         "schedule.t_init=0",
         "--set",
-        "schedule.t_final=1",
+        "schedule.t_final=0",
         "--set",
         "schedule.delta_t=1",
         "--set",

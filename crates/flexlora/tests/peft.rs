@@ -534,7 +534,7 @@ fn command_line_export_import_merge_on_a_trained_run() {
         "training.max_steps=3",
         "data.max_length=32",
         "schedule.t_init=1",
-        "schedule.t_final=1",
+        "schedule.t_final=0",
         "schedule.delta_t=1",
         "method.r_init=2",
         "method.r_max=4",
@@ -638,6 +638,8 @@ fn command_line_export_import_merge_on_a_trained_run() {
             "schedule.t_init=0",
             "--set",
             "schedule.t_final=1",
+            "--set",
+            "schedule.delta_t=1",
             "--quiet",
         ]);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
