@@ -44,10 +44,10 @@ def correct(outcomes, normalise):
     return out
 
 
-def outcomes_of(name):
+def outcomes_of(name, seed):
     if name == "zero-shot":
         return json.loads(zero.read_text())["outcomes"]
-    path = root / f"{name}-seed0" / "predictions.jsonl"
+    path = root / f"{name}-seed{seed}" / "predictions.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else None
 
 
@@ -61,16 +61,17 @@ def exact_p(b, c):
 
 
 print()
-print("Paired on the same questions (seed 0, acc rule): questions only the first method gets right,")
-print("only the second, and the exact McNemar p-value.")
+print("Paired on the same questions, per training seed (acc rule): questions only the first method")
+print("gets right, only the second, and the exact McNemar p-value.")
 print()
-print("| comparison | first only | second only | p |")
-print("| --- | ---: | ---: | ---: |")
+print("| comparison | seed | first only | second only | p |")
+print("| --- | ---: | ---: | ---: | ---: |")
 for a, b in (("flexlora", "zero-shot"), ("flexlora", "adalora"), ("flexlora", "lora"), ("adalora", "lora")):
-    oa, ob = outcomes_of(a), outcomes_of(b)
-    if not oa or not ob:
-        continue
-    ca, cb = correct(oa, False), correct(ob, False)
-    only_a = sum(1 for k in ca if ca[k] and not cb.get(k, False))
-    only_b = sum(1 for k in ca if cb.get(k, False) and not ca[k])
-    print(f"| {a} vs {b} | {only_a} | {only_b} | {exact_p(only_a, only_b):.3f} |")
+    for seed in range(10):
+        oa, ob = outcomes_of(a, seed), outcomes_of(b, seed)
+        if not oa or not ob:
+            continue
+        ca, cb = correct(oa, False), correct(ob, False)
+        only_a = sum(1 for k in ca if ca[k] and not cb.get(k, False))
+        only_b = sum(1 for k in ca if cb.get(k, False) and not ca[k])
+        print(f"| {a} vs {b} | {seed} | {only_a} | {only_b} | {exact_p(only_a, only_b):.3f} |")
