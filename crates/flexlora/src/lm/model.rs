@@ -149,4 +149,8 @@ impl TrainableModel for LmModel {
         groups.push(rest);
         groups
     }
+
+    fn trainable_parameters(&self) -> i64 {
+        LmModel::trainable_parameters(self)
+    }
 }

@@ -15,7 +15,6 @@ use crate::config::{Config, MethodName};
 use crate::data::commonsense::{CommonsenseTask, split_suite};
 use crate::train::TrainOptions;
 use crate::train::checkpoint::TrainerState;
-use crate::train::model::TrainableModel;
 use crate::train::run::{RunDir, matrix_labels};
 use crate::train::step;
 use anyhow::{Context, bail};
@@ -151,12 +150,7 @@ pub fn train_lm(config: &Config, opts: &TrainOptions) -> anyhow::Result<LmSummar
     if opts.resume || opts.init_from.is_some() {
         bail!("--resume and --init-from are not supported for decoder runs yet");
     }
-    let threads = tc.threads.unwrap_or_else(|| {
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-    });
-    tch::set_num_threads(threads as i32);
+    crate::train::set_threads(tc.threads);
     let device = crate::device::parse_device(&tc.device)?;
     let (train_questions, eval_questions) = load_questions(config)?;
     if train_questions.is_empty() {
@@ -246,19 +240,8 @@ pub fn train_lm(config: &Config, opts: &TrainOptions) -> anyhow::Result<LmSummar
     let mut optimiser = step::optimiser_for(config, &model);
     let mut allocators = step::Allocators::for_model(config, &model, total_steps)?;
     let plan = step::StepPlan::new(config, total_steps);
-    let ranks = |m: &LmModel, a: Option<&crate::adalora::AdaLoraAllocator>| match a {
-        Some(a) => a.ranks(),
-        None => m
-            .svd_adapters()
-            .iter()
-            .map(|a| a.rank())
-            .collect::<Vec<_>>(),
-    };
-    let trainable = |m: &LmModel, a: Option<&crate::adalora::AdaLoraAllocator>| {
-        m.trainable_parameters() - a.map_or(0, |a| a.masked_parameters(&m.svd_adapters()))
-    };
     let mut state = TrainerState {
-        rank_history: vec![(0, ranks(&model, allocators.adalora.as_ref()))],
+        rank_history: vec![(0, allocators.ranks(&model))],
         ..Default::default()
     };
     run.log_ranks(
@@ -280,27 +263,17 @@ pub fn train_lm(config: &Config, opts: &TrainOptions) -> anyhow::Result<LmSummar
             tch::manual_seed(crate::train::step_seed(tc.seed, state.step));
             let first = state.micro_in_epoch;
             let last = (first + tc.grad_accum).min(micro_per_epoch);
-            let k = (last - first) as f64;
-            let mut step_loss = 0.0;
-            for m in first..last {
-                let seqs: Vec<&Sequence> =
-                    micro[m as usize].iter().map(|&i| &sequences[i]).collect();
-                let (input, positions, targets) = batch(&seqs, pad, device);
-                let loss = answer_loss(&model, &input, &positions, &targets);
-                let mut total = loss.shallow_clone();
-                let gamma = config.method.orth_reg_weight;
-                if gamma > 0.0 {
-                    if let Some(r) = crate::adapter::orthogonality_regulariser(
-                        model.svd_adapters(),
-                        gamma,
-                        config.method.orth_norm,
-                    ) {
-                        total += r;
-                    }
-                }
-                (total / k).backward();
-                step_loss += loss.double_value(&[]) / k;
-            }
+            let micro_batches: Vec<_> = (first..last)
+                .map(|m| {
+                    let seqs: Vec<&Sequence> =
+                        micro[m as usize].iter().map(|&i| &sequences[i]).collect();
+                    batch(&seqs, pad, device)
+                })
+                .collect();
+            let step_loss = step::accumulate(&model, config, micro_batches.len(), |k| {
+                let (input, positions, targets) = &micro_batches[k];
+                answer_loss(&model, input, positions, targets)
+            });
             if !step_loss.is_finite() {
                 bail!(
                     "the training loss ({step_loss}) at optimiser step {}: training stopped; \
@@ -314,7 +287,7 @@ pub fn train_lm(config: &Config, opts: &TrainOptions) -> anyhow::Result<LmSummar
                 &mut allocators,
                 &plan,
                 state.step,
-                crate::train::step_seed(tc.seed, (state.step + 1) | (1 << 62)),
+                crate::train::step_seed(tc.seed, (state.step + 1) | crate::train::ALLOCATION_SALT),
             )?;
             state.allocation_seconds += update.allocation_seconds;
             state.step += 1;
@@ -327,8 +300,8 @@ pub fn train_lm(config: &Config, opts: &TrainOptions) -> anyhow::Result<LmSummar
                 run.log_metrics(&serde_json::json!({
                     "step": state.step, "epoch": state.epoch + 1, "loss": mean, "lr": update.lr,
                     "grad_norm": update.grad_norm,
-                    "total_rank": ranks(&model, allocators.adalora.as_ref()).iter().sum::<usize>(),
-                    "trainable_parameters": trainable(&model, allocators.adalora.as_ref()),
+                    "total_rank": allocators.ranks(&model).iter().sum::<usize>(),
+                    "trainable_parameters": allocators.trainable_parameters(&model),
                 }))?;
                 bar.set_message(format!("loss {mean:.4}"));
                 window = (0.0, 0);
@@ -364,8 +337,8 @@ pub fn train_lm(config: &Config, opts: &TrainOptions) -> anyhow::Result<LmSummar
         tasks: table,
         train_sequences: [n_train, skipped],
         eval_questions: eval_questions.len(),
-        trainable_parameters: trainable(&model, allocators.adalora.as_ref()),
-        total_rank: ranks(&model, allocators.adalora.as_ref()).iter().sum(),
+        trainable_parameters: allocators.trainable_parameters(&model),
+        total_rank: allocators.ranks(&model).iter().sum(),
         steps: state.step,
         train_seconds: state.train_seconds,
         eval_seconds,
@@ -414,12 +387,7 @@ pub fn lm_eval(
     output: Option<&Path>,
     quiet: bool,
 ) -> anyhow::Result<Vec<TaskAccuracy>> {
-    let threads = config.training.threads.unwrap_or_else(|| {
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-    });
-    tch::set_num_threads(threads as i32);
+    crate::train::set_threads(config.training.threads);
     let device = crate::device::parse_device(&config.training.device)?;
     let (_, questions) = load_questions(config)?;
     let model = match run {

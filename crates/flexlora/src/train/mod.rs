@@ -20,7 +20,6 @@ pub mod model;
 pub mod run;
 pub mod step;
 
-use crate::adalora::AdaLoraAllocator;
 use crate::config::{Config, MethodName};
 use crate::data::{self, Example};
 use crate::models::{ModelInput, Preprocessor};
@@ -119,7 +118,17 @@ pub(crate) fn step_seed(seed: u64, salt: u64) -> i64 {
 }
 
 /// Salt for the generator state of allocation steps, kept apart from the training steps'.
-const ALLOCATION_SALT: u64 = 1 << 62;
+pub(crate) const ALLOCATION_SALT: u64 = 1 << 62;
+
+/// Sets LibTorch's intra-op threads to `threads` (`training.threads`), all cores when unset.
+pub(crate) fn set_threads(threads: Option<usize>) {
+    let n = threads.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    });
+    tch::set_num_threads(n as i32);
+}
 
 /// A batch of examples as model inputs and a label tensor.
 pub(crate) fn batch_tensors(
@@ -136,12 +145,7 @@ pub(crate) fn batch_tensors(
 pub fn train(config: &Config, opts: &TrainOptions) -> anyhow::Result<Summary> {
     let wall = Instant::now();
     let tc = &config.training;
-    let threads = tc.threads.unwrap_or_else(|| {
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-    });
-    tch::set_num_threads(threads as i32);
+    set_threads(tc.threads);
     let device = crate::device::parse_device(&tc.device)?;
     let run = RunDir::prepare(&opts.output, config, opts.resume, opts.overwrite)?;
     // Before the data is read: a model that cannot read this kind of data is the clearer error.
@@ -176,17 +180,6 @@ pub fn train(config: &Config, opts: &TrainOptions) -> anyhow::Result<Summary> {
     let plan = step::StepPlan::new(config, total_steps);
 
     // AdaLoRA's rank is the number of triplets its latest mask kept (crate::adalora).
-    let ranks = |m: &TaskModel, ada: Option<&AdaLoraAllocator>| match ada {
-        Some(a) => a.ranks(),
-        None => m
-            .svd_adapters()
-            .iter()
-            .map(|a| a.rank())
-            .collect::<Vec<_>>(),
-    };
-    let trainable = |m: &TaskModel, ada: Option<&AdaLoraAllocator>| {
-        m.trainable_parameters() - ada.map_or(0, |a| a.masked_parameters(&m.svd_adapters()))
-    };
     if opts.resume {
         // Folders a killed writer left half-made (never read: they have no final name).
         for dir in [run.checkpoints(), opts.output.clone()] {
@@ -210,11 +203,11 @@ pub fn train(config: &Config, opts: &TrainOptions) -> anyhow::Result<Summary> {
         }
         None => {
             let state = TrainerState {
-                rank_history: vec![(0, ranks(&model, allocators.adalora.as_ref()))],
+                rank_history: vec![(0, allocators.ranks(&model))],
                 ..Default::default()
             };
             run.log_ranks(
-                &serde_json::json!({"step": 0, "ranks": ranks(&model, allocators.adalora.as_ref()), "initial": true}),
+                &serde_json::json!({"step": 0, "ranks": allocators.ranks(&model), "initial": true}),
             )?;
             state
         }
@@ -283,8 +276,8 @@ pub fn train(config: &Config, opts: &TrainOptions) -> anyhow::Result<Summary> {
                 run.log_metrics(&serde_json::json!({
                     "step": state.step, "epoch": state.epoch + 1, "loss": mean, "lr": lr,
                     "grad_norm": grad_norm,
-                    "total_rank": ranks(&model, allocators.adalora.as_ref()).iter().sum::<usize>(),
-                    "trainable_parameters": trainable(&model, allocators.adalora.as_ref()),
+                    "total_rank": allocators.ranks(&model).iter().sum::<usize>(),
+                    "trainable_parameters": allocators.trainable_parameters(&model),
                 }))?;
                 bar.set_message(format!("loss {mean:.4}"));
                 window_loss = (0.0, 0);
@@ -374,8 +367,8 @@ pub fn train(config: &Config, opts: &TrainOptions) -> anyhow::Result<Summary> {
         validation_metric: best.metric,
         best_epoch: best.epoch + 1,
         examples: [n_train, splits.validation.len(), splits.test.len()],
-        trainable_parameters: trainable(&model, allocators.adalora.as_ref()),
-        total_rank: ranks(&model, allocators.adalora.as_ref()).iter().sum(),
+        trainable_parameters: allocators.trainable_parameters(&model),
+        total_rank: allocators.ranks(&model).iter().sum(),
         steps: state.step,
         train_seconds: state.train_seconds,
         wall_seconds: wall.elapsed().as_secs_f64(),

@@ -71,6 +71,8 @@ pub trait TrainableModel {
     /// Optimiser groups: one per SVD adapter (group `k` = adapter `k`, slot axes given), then
     /// every other trainable tensor in one unslotted group.
     fn optimiser_groups(&self) -> Vec<Vec<(&Tensor, Option<usize>)>>;
+    /// Trainable parameters that take part (SVD adapters: active slots only).
+    fn trainable_parameters(&self) -> i64;
 }
 
 impl TrainableModel for TaskModel {
@@ -85,6 +87,9 @@ impl TrainableModel for TaskModel {
     }
     fn optimiser_groups(&self) -> Vec<Vec<(&Tensor, Option<usize>)>> {
         TaskModel::optimiser_groups(self)
+    }
+    fn trainable_parameters(&self) -> i64 {
+        TaskModel::trainable_parameters(self)
     }
 }
 

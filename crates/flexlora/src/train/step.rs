@@ -61,6 +61,24 @@ impl Allocators {
 }
 
 impl Allocators {
+    /// Each SVD adapter's rank: AdaLoRA's is the number of triplets its latest mask kept
+    /// (crate::adalora), the others' the active slots.
+    pub fn ranks<M: TrainableModel + ?Sized>(&self, model: &M) -> Vec<usize> {
+        match &self.adalora {
+            Some(a) => a.ranks(),
+            None => model.svd_adapters().iter().map(|a| a.rank()).collect(),
+        }
+    }
+
+    /// The model's trainable parameters that take part (AdaLoRA's masked triplets excluded).
+    pub fn trainable_parameters<M: TrainableModel + ?Sized>(&self, model: &M) -> i64 {
+        model.trainable_parameters()
+            - self
+                .adalora
+                .as_ref()
+                .map_or(0, |a| a.masked_parameters(&model.svd_adapters()))
+    }
+
     /// The state a checkpoint carries for these allocators (at most one of them exists).
     pub fn checkpointed(&self) -> Option<&dyn CheckpointedState> {
         match (&self.adalora, &self.sensitivity) {
@@ -151,11 +169,26 @@ pub fn accumulate_gradients(
     micro_batches: &[(ModelInput, Tensor)],
     config: &Config,
 ) -> f64 {
+    accumulate(model, config, micro_batches.len(), |k| {
+        let (input, labels) = &micro_batches[k];
+        model.loss(input, labels, true).0
+    })
+}
+
+/// [`accumulate_gradients`] for any model: `loss_of(k)` is the task loss of micro-batch `k`
+/// of `n`; the orthogonality regulariser is added to each, and each sum is divided by `n`
+/// before its backward pass. Returns the mean task loss.
+pub fn accumulate<M: TrainableModel + ?Sized>(
+    model: &M,
+    config: &Config,
+    n: usize,
+    mut loss_of: impl FnMut(usize) -> Tensor,
+) -> f64 {
     let gamma = config.method.orth_reg_weight;
-    let n = micro_batches.len().max(1) as f64;
+    let scale = n.max(1) as f64;
     let mut step_loss = 0.0;
-    for (input, labels) in micro_batches {
-        let (loss, _) = model.loss(input, labels, true);
+    for k in 0..n {
+        let loss = loss_of(k);
         let mut total = loss.shallow_clone();
         if gamma > 0.0 {
             if let Some(r) =
@@ -164,8 +197,8 @@ pub fn accumulate_gradients(
                 total += r;
             }
         }
-        (total / n).backward();
-        step_loss += loss.double_value(&[]) / n;
+        (total / scale).backward();
+        step_loss += loss.double_value(&[]) / scale;
     }
     step_loss
 }

@@ -112,7 +112,7 @@ impl LlamaModel {
         let past = cache.as_ref().map_or(0, |c| c.len());
         let positions = Tensor::arange_start(past, past + tokens, (Kind::Int64, self.device));
         let (cos, sin) = self.rotary(&positions);
-        let mask = attention_bias(attention_mask, past, tokens, self.device);
+        let mask = allowed_keys(attention_mask, past, tokens, self.device);
         let mut x = Tensor::embedding(&self.embed_tokens, input_ids, -1, false, false);
         for (i, layer) in self.layers.iter().enumerate() {
             let layer_cache = cache.as_deref_mut().map(|c| c.layer(i));
@@ -223,7 +223,7 @@ pub fn inverse_frequencies(config: &LlamaConfig) -> Tensor {
 ///
 /// A query may see keys at or before its position that are real tokens; every query also
 /// sees itself, so a row of padding never softmaxes over nothing (its output is unused).
-fn attention_bias(
+fn allowed_keys(
     attention_mask: Option<&Tensor>,
     past: i64,
     tokens: i64,
