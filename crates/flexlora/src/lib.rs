@@ -17,6 +17,7 @@ pub mod data;
 pub mod device;
 pub mod embed;
 pub mod faults;
+pub mod gemm;
 pub mod io;
 pub mod lm;
 pub mod models;

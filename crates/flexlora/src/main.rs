@@ -3,7 +3,10 @@
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
+    // SAFETY: first thing in main, before any other thread exists.
+    unsafe { flexlora::gemm::configure_process() };
     let cli = flexlora::cli::Cli::parse();
+    flexlora::resources::keep_freed_memory();
     // Reads FAILPOINTS in builds with fault points (tests only); nothing otherwise.
     let _faults = fail::FailScenario::setup();
     match flexlora::cli::run(cli) {

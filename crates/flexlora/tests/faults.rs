@@ -63,6 +63,10 @@ fn args(out: &Path) -> Vec<String> {
         "schedule.delta_t=2",
         "method.r_init=2",
         "method.r_max=4",
+        // The exchange of the best checkpoint needs a run whose second validation beats its
+        // first; with six validation sentences that depends on the random stream, and at this
+        // rate it does (checked by the_reference_run_replaces_its_best_checkpoint).
+        "optimiser.lr=1e-2",
     ] {
         v.extend(["--set".into(), s.into()]);
     }

@@ -1,6 +1,7 @@
 //! `LoraAdapter`: the plain LoRA baseline, `ΔW = B A · α / r` with PEFT's initialisation.
 
 use super::AdapterError;
+use crate::models::dropout::WithDropout;
 use tch::{Device, Kind, Tensor};
 
 /// The LoRA adapter of one frozen linear layer (`out × in`).
@@ -87,7 +88,7 @@ impl LoraAdapter {
     /// `s · (dropout(x) Aᵀ) Bᵀ`.
     pub fn forward_delta(&self, x: &Tensor, train: bool) -> Tensor {
         let x = if train && self.dropout > 0.0 {
-            x.dropout(self.dropout, true)
+            x.with_dropout(self.dropout, true)
         } else {
             x.shallow_clone()
         };

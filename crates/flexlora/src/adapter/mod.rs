@@ -124,7 +124,7 @@ impl AdaptedLinear {
         // A base stored in bf16 (training.precision) multiplies in bf16 and hands back the
         // input's kind, so the adapter's sum and everything after stay in float32.
         let y = if self.weight.kind() == x.kind() {
-            x.linear(&self.weight, self.bias.as_ref())
+            crate::gemm::linear(x, &self.weight, self.bias.as_ref())
         } else {
             x.to_kind(self.weight.kind())
                 .linear(&self.weight, self.bias.as_ref())

@@ -3,6 +3,7 @@
 
 use super::AdapterError;
 use crate::config::{NewDirectionInit, OrthNorm, ScalePolicy};
+use crate::models::dropout::WithDropout;
 use tch::{Device, Kind, Tensor};
 
 /// Shape and behaviour of one SVD adapter.
@@ -185,7 +186,7 @@ impl SvdAdapter {
     /// `(dropout(x) (Q ⊙ (λ ⊙ mask))ᵀ Pᵀ) · α / (r_init + 1e-5)`.
     pub fn forward_delta(&self, x: &Tensor, train: bool) -> Tensor {
         let x = if train && self.config.dropout > 0.0 {
-            x.dropout(self.config.dropout, true)
+            x.with_dropout(self.config.dropout, true)
         } else {
             x.shallow_clone()
         };

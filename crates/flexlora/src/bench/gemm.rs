@@ -1,6 +1,7 @@
 //! The GEMM work of one BERT training step, counted from the model's shapes, and the machine's
 //! GEMM rate measured on exactly those shapes.
 
+use crate::gemm::{CpuGemm, linear_with};
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
@@ -164,19 +165,25 @@ pub fn total_flops(shapes: &[GemmShape]) -> f64 {
     shapes.iter().map(|s| s.flops() * s.count as f64).sum()
 }
 
-/// The measured rate of each distinct large shape and the step-weighted peak.
+/// The measured rate of each distinct shape and the step-weighted peak.
 #[derive(Debug, Clone)]
 pub struct GemmPeak {
-    /// `(m, k, n, GFLOP/s)` of each shape measured (best of the repeats).
+    /// `(m, k, n, GFLOP/s)` of each shape: the faster library's rate (best of the repeats).
     pub per_shape: Vec<(i64, i64, i64, f64)>,
-    /// The step's GEMM FLOPs divided by the time the measured GEMMs would take back to back:
-    /// the rate at which this machine's GEMM library runs this step's GEMM mix.
+    /// The step's GEMM FLOPs divided by the time the measured GEMMs would take back to back,
+    /// each shape on the faster library: the rate at which this machine can run this step's
+    /// GEMM mix.
     pub gflops: f64,
+    /// The same step-weighted rate for each library alone (`mkl`, and `onednn` where LibTorch
+    /// has it).
+    pub by_library: Vec<(String, f64)>,
 }
 
-/// Measures `out = a × b` (f32, `device`) for every shape of `shapes`, best of `repeats`
-/// timed runs after one warm-up, and weights the rates by the step's counts. `quick` times a
-/// single call per shape (a check that it runs, not a measurement).
+/// Measures `a Wᵀ` (`a`: `[m, k]`, `W`: `[n, k]`, f32, `device`) for every shape of `shapes`
+/// with each GEMM library [`crate::gemm::linear_with`] can use (MKL, and oneDNN on the CPU
+/// where LibTorch has it), best of `repeats` timed runs after one warm-up, and weights the rates
+/// by the step's counts. `quick` times a single call per shape (a check that it runs, not a
+/// measurement).
 pub fn measure_peak(shapes: &[GemmShape], repeats: usize, quick: bool, device: Device) -> GemmPeak {
     let mut distinct: Vec<(i64, i64, i64)> = Vec::new();
     for s in shapes {
@@ -184,43 +191,91 @@ pub fn measure_peak(shapes: &[GemmShape], repeats: usize, quick: bool, device: D
             distinct.push((s.m, s.k, s.n));
         }
     }
-    let mut per_shape = Vec::new();
-    let mut seconds_for_step = 0.0;
-    tch::no_grad(|| {
-        for &(m, k, n) in &distinct {
-            let a = Tensor::randn([m, k], (Kind::Float, device));
-            let b = Tensor::randn([k, n], (Kind::Float, device));
-            let out = Tensor::empty([m, n], (Kind::Float, device));
-            // Enough calls per timing to last a few milliseconds.
-            let flops = 2.0 * (m * k * n) as f64;
-            let calls = if quick {
-                1
-            } else {
-                ((5e8 / flops).ceil() as usize).clamp(1, 10_000)
-            };
-            let _ = a.mm_out(&out, &b);
-            let mut best = f64::INFINITY;
-            for _ in 0..repeats.max(1) {
-                let started = Instant::now();
-                for _ in 0..calls {
-                    let _ = a.mm_out(&out, &b);
-                }
-                let _ = out.sum(Kind::Float).double_value(&[]);
-                best = best.min(started.elapsed().as_secs_f64() / calls as f64);
-            }
-            per_shape.push((m, k, n, flops / best / 1e9));
-            let count: u64 = shapes
-                .iter()
-                .filter(|s| (s.m, s.k, s.n) == (m, k, n))
-                .map(|s| s.count)
-                .sum();
-            seconds_for_step += best * count as f64;
-        }
-    });
-    GemmPeak {
-        per_shape,
-        gflops: total_flops(shapes) / seconds_for_step.max(1e-12) / 1e9,
+    let mut libraries = vec![CpuGemm::Mkl];
+    if device == Device::Cpu && tch::utils::has_mkldnn() {
+        libraries.push(CpuGemm::OneDnn);
     }
+    // seconds[l][d]: one run of shape d with library l.
+    let seconds: Vec<Vec<f64>> = libraries
+        .iter()
+        .map(|&lib| {
+            distinct
+                .iter()
+                .map(|&(m, k, n)| time_shape(lib, m, k, n, repeats, quick, device))
+                .collect()
+        })
+        .collect();
+    let count_of = |(m, k, n): (i64, i64, i64)| -> f64 {
+        shapes
+            .iter()
+            .filter(|s| (s.m, s.k, s.n) == (m, k, n))
+            .map(|s| s.count as f64)
+            .sum()
+    };
+    let flops = total_flops(shapes);
+    let weighted = |time_of: &dyn Fn(usize) -> f64| {
+        let step: f64 = (0..distinct.len())
+            .map(|d| time_of(d) * count_of(distinct[d]))
+            .sum();
+        flops / step.max(1e-12) / 1e9
+    };
+    let best = |d: usize| {
+        seconds
+            .iter()
+            .map(|per| per[d])
+            .fold(f64::INFINITY, f64::min)
+    };
+    GemmPeak {
+        per_shape: distinct
+            .iter()
+            .enumerate()
+            .map(|(d, &(m, k, n))| (m, k, n, 2.0 * (m * k * n) as f64 / best(d) / 1e9))
+            .collect(),
+        gflops: weighted(&best),
+        by_library: libraries
+            .iter()
+            .zip(&seconds)
+            .map(|(lib, per)| (lib.name().to_string(), weighted(&|d| per[d])))
+            .collect(),
+    }
+}
+
+/// Seconds per `a Wᵀ` of one shape with one library: best of `repeats` timings of enough
+/// calls to last a few milliseconds.
+fn time_shape(
+    lib: CpuGemm,
+    m: i64,
+    k: i64,
+    n: i64,
+    repeats: usize,
+    quick: bool,
+    device: Device,
+) -> f64 {
+    tch::no_grad(|| {
+        let a = Tensor::randn([m, k], (Kind::Float, device));
+        let w = Tensor::randn([n, k], (Kind::Float, device));
+        let flops = 2.0 * (m * k * n) as f64;
+        let calls = if quick {
+            1
+        } else {
+            ((5e8 / flops).ceil() as usize).clamp(1, 10_000)
+        };
+        let _ = linear_with(lib, &a, &w, None);
+        let mut best = f64::INFINITY;
+        for _ in 0..repeats.max(1) {
+            let started = Instant::now();
+            let mut last = None;
+            for _ in 0..calls {
+                last = Some(linear_with(lib, &a, &w, None));
+            }
+            if let Some(out) = last {
+                // Waits for an asynchronous device; a no-op cost on the CPU.
+                let _ = out.sum(Kind::Float).double_value(&[]);
+            }
+            best = best.min(started.elapsed().as_secs_f64() / calls as f64);
+        }
+        best
+    })
 }
 
 #[cfg(test)]

@@ -376,6 +376,7 @@ pub fn bench(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
     );
     report.gemm_peak_gflops = peak.gflops;
     report.gemm_per_shape = peak.per_shape;
+    report.gemm_peak_by_library = peak.by_library;
 
     // Step benchmark: ours and PEFT's, alternating.
     let configs: Vec<Config> = STEP_METHODS

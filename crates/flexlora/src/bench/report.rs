@@ -82,6 +82,13 @@ pub struct BenchReport {
     pub gemm_peak_gflops: f64,
     /// `(m, k, n, GFLOP/s)` per shape.
     pub gemm_per_shape: Vec<(i64, i64, i64, f64)>,
+    /// The step-weighted GEMM rate of each library alone (`mkl`, `onednn`); empty in reports
+    /// made before the libraries were measured apart.
+    #[serde(default)]
+    pub gemm_peak_by_library: Vec<(String, f64)>,
+    /// The library flexlora's linear layers used (`onednn` or `mkl`, [`crate::gemm`]).
+    #[serde(default)]
+    pub cpu_gemm: String,
     /// Step benchmark rows.
     pub steps: Vec<StepRow>,
     /// Inference throughput.
@@ -127,6 +134,8 @@ impl BenchReport {
             padded_step_gflop: 0.0,
             gemm_peak_gflops: 0.0,
             gemm_per_shape: Vec::new(),
+            gemm_peak_by_library: Vec::new(),
+            cpu_gemm: crate::gemm::CpuGemm::current().name().into(),
             steps: Vec::new(),
             predict: None,
             jobs: Vec::new(),
@@ -201,19 +210,36 @@ impl BenchReport {
         if let Some(lora) = self.steps.first() {
             let achieved = self.step_gflop / (lora.ours_ms / 1e3);
             let frac = achieved / self.gemm_peak_gflops;
+            let by_library = if self.gemm_peak_by_library.is_empty() {
+                String::new()
+            } else {
+                let each: Vec<String> = self
+                    .gemm_peak_by_library
+                    .iter()
+                    .map(|(lib, g)| format!("{lib} alone {g:.0}"))
+                    .collect();
+                format!(" ({})", each.join(", "))
+            };
             let _ = writeln!(
                 s,
                 "\nGEMM work of one step, counted from the shapes (forward, input gradients, adapter \
                  gradients; frozen weights get no weight gradient): {:.1} GFLOP for flexlora, which \
                  runs every linear layer on the real tokens only (padding is packed away; attention \
                  keeps the padded shape), and {:.1} GFLOP for a padded implementation such as \
-                 transformers. This machine's GEMM rate on flexlora's shapes, measured in this run: \
-                 {:.0} GFLOP/s. flexlora's {} step achieves {achieved:.0} GFLOP/s = {:.0}% of it \
-                 (target ≥ 70%: {}).",
+                 transformers. This machine's GEMM rate on flexlora's shapes, measured in this run \
+                 with each shape on the faster of LibTorch's GEMM libraries: {:.0} GFLOP/s{}. \
+                 flexlora's {} step (linear layers on {}) achieves {achieved:.0} GFLOP/s = {:.0}% \
+                 of it (target ≥ 70%: {}).",
                 self.step_gflop,
                 self.padded_step_gflop,
                 self.gemm_peak_gflops,
+                by_library,
                 lora.method,
+                if self.cpu_gemm.is_empty() {
+                    "mkl"
+                } else {
+                    &self.cpu_gemm
+                },
                 100.0 * frac,
                 verdict(frac >= 0.70)
             );

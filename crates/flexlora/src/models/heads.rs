@@ -3,6 +3,7 @@
 
 use super::bert::{BertModel, EncoderInput};
 use super::hf::{CheckpointError, Weights};
+use crate::models::dropout::WithDropout;
 use tch::{Kind, Tensor};
 
 /// Mean of the hidden states over real tokens (sentence-transformers' pooling):
@@ -140,7 +141,7 @@ impl SequenceClassifier {
             .linear(&self.pooler_weight, Some(&self.pooler_bias))
             .tanh();
         pooled
-            .dropout(self.dropout, train)
+            .with_dropout(self.dropout, train)
             .linear(&self.classifier_weight, Some(&self.classifier_bias))
     }
 }

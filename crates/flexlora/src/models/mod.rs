@@ -8,6 +8,7 @@
 pub mod bert;
 pub mod classifier;
 pub mod deberta;
+pub mod dropout;
 pub mod heads;
 pub mod hf;
 pub mod image;

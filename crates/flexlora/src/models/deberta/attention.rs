@@ -4,6 +4,7 @@
 
 use super::DebertaV2Config;
 use crate::adapter::AdaptedLinear;
+use crate::models::dropout::WithDropout;
 use tch::{Device, Kind, Tensor};
 
 /// Relative positions `i − j` of query `i` to key `j` for a sequence of `len` tokens,
@@ -101,7 +102,7 @@ impl SelfAttention {
         let probs = scores
             .masked_fill(key_padding, f64::from(f32::MIN))
             .softmax(-1, Kind::Float)
-            .dropout(c.attention_probs_dropout_prob, train);
+            .with_dropout(c.attention_probs_dropout_prob, train);
         probs.matmul(&v).transpose(1, 2).reshape([
             batch,
             len,
@@ -123,7 +124,7 @@ impl SelfAttention {
         let (batch, heads, len) = (q.size()[0], c.num_attention_heads, q.size()[2]);
         // [2 · span, heads · d] -> [heads, 2 · span, d]
         let split = |t: Tensor| t.view([-1, heads, c.head_size()]).transpose(0, 1);
-        let table = rel.embeddings.dropout(c.hidden_dropout_prob, train);
+        let table = rel.embeddings.with_dropout(c.hidden_dropout_prob, train);
         let last = 2 * rel.span - 1;
         let mut bias: Option<Tensor> = None;
         if c.c2p() {

@@ -2,6 +2,7 @@
 
 use super::DebertaV2Model;
 use crate::models::bert::EncoderInput;
+use crate::models::dropout::WithDropout;
 use crate::models::hf::{CheckpointError, Weights};
 use tch::Tensor;
 
@@ -72,12 +73,12 @@ impl DebertaV2Classifier {
     /// Logits from last hidden states already computed.
     pub fn logits_from_hidden(&self, hidden: &Tensor, train: bool) -> Tensor {
         let c = &self.deberta.config;
-        let cls = hidden.select(1, 0).dropout(c.pooler_dropout, train);
+        let cls = hidden.select(1, 0).with_dropout(c.pooler_dropout, train);
         let pooled = c
             .pooler_hidden_act
             .apply(&cls.linear(&self.pooler_weight, Some(&self.pooler_bias)));
         pooled
-            .dropout(c.classifier_dropout(), train)
+            .with_dropout(c.classifier_dropout(), train)
             .linear(&self.classifier_weight, Some(&self.classifier_bias))
     }
 }

@@ -17,6 +17,7 @@ pub use head::DebertaV2Classifier;
 use super::bert::EncoderInput;
 use super::hf::{CheckpointError, LayerNorm, Weights, linear};
 use crate::adapter::AdaptedLinear;
+use crate::models::dropout::WithDropout;
 use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
@@ -127,13 +128,13 @@ impl DebertaV2Layer {
         let attn = self
             .attention_output
             .forward(&ctx, train)
-            .dropout(c.hidden_dropout_prob, train);
+            .with_dropout(c.hidden_dropout_prob, train);
         let attn = self.attention_norm.forward(&(attn + h));
         let ff = c.hidden_act.apply(&self.intermediate.forward(&attn, train));
         let out = self
             .output
             .forward(&ff, train)
-            .dropout(c.hidden_dropout_prob, train);
+            .with_dropout(c.hidden_dropout_prob, train);
         self.output_norm.forward(&(out + attn))
     }
 }
@@ -171,7 +172,9 @@ impl ConvLayer {
             )
             .transpose(1, 2)
             .masked_fill(padding, 0.0);
-        let out = c.conv_act.apply(&out.dropout(c.hidden_dropout_prob, train));
+        let out = c
+            .conv_act
+            .apply(&out.with_dropout(c.hidden_dropout_prob, train));
         self.norm.forward(&(first + out)) * real
     }
 }
@@ -407,7 +410,7 @@ impl DebertaV2Model {
         // the embeddings of a real token's neighbours, and past the end those must be zeros.
         let real = input.attention_mask.to_kind(Kind::Float).unsqueeze(-1);
         let embeddings =
-            (self.embeddings_norm.forward(&x) * &real).dropout(c.hidden_dropout_prob, train);
+            (self.embeddings_norm.forward(&x) * &real).with_dropout(c.hidden_dropout_prob, train);
         let padding = input.attention_mask.eq(0);
         let key_padding = padding.view([batch, 1, 1, len]);
         let relative = self.rel_embeddings.as_ref().map(|table| RelativeContext {

@@ -135,7 +135,7 @@ impl LlamaModel {
     /// Next-token logits `[..., vocab]` for hidden states `[..., hidden]` (compute them only
     /// where they are needed: the vocabulary projection is a large part of a small model).
     pub fn logits(&self, hidden: &Tensor) -> Tensor {
-        hidden.matmul(&self.output_weight().tr())
+        crate::gemm::linear(hidden, self.output_weight(), None)
     }
 
     /// The output projection, `[vocab, hidden]` (the embedding when tied).

@@ -8,6 +8,7 @@
 
 use super::config::{VitConfig, VitVariant};
 use crate::adapter::AdaptedLinear;
+use crate::models::dropout::WithDropout;
 use crate::models::hf::{CheckpointError, LayerNorm, Weights};
 use tch::{Device, Kind, Tensor};
 
@@ -197,7 +198,7 @@ impl VitLayer {
     /// (ViT) or drop path (DINOv2) when training.
     fn residual(&self, c: &VitConfig, branch: Tensor, k: usize, x: &Tensor, train: bool) -> Tensor {
         match &self.layer_scales {
-            None => branch.dropout(c.hidden_dropout_prob, train) + x,
+            None => branch.with_dropout(c.hidden_dropout_prob, train) + x,
             Some(scales) => drop_path(branch * &scales[k], c.drop_path_rate, train) + x,
         }
     }

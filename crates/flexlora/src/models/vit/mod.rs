@@ -19,6 +19,7 @@ pub use layer::VitLayer;
 
 use super::hf::{CheckpointError, LayerNorm, Weights};
 use crate::adapter::AdaptedLinear;
+use crate::models::dropout::WithDropout;
 use layer::{MODULES, module_prefix};
 use std::path::Path;
 use tch::{Device, Kind, Tensor};
@@ -241,7 +242,7 @@ impl VitModel {
         let cls = self.cls_token.expand([size[0], -1, -1], false);
         let x = Tensor::cat(&[cls, patches], 1)
             + self.position_embeddings_for(size[2] / ph, size[3] / pw);
-        x.dropout(c.hidden_dropout_prob, train)
+        x.with_dropout(c.hidden_dropout_prob, train)
     }
 
     /// Position embeddings for a grid of `rows × columns` patches, `[1, 1 + rows·columns,
