@@ -5,7 +5,8 @@ use crate::gemm::{CpuGemm, linear_with};
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
-/// One GEMM shape `[m, k] × [k, n]` and how often a training step runs it.
+/// One GEMM shape `[m, k] × [k, n]` (or a batch of them in one call) and how often a training
+/// step runs it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GemmShape {
     /// Rows of the left operand.
@@ -14,14 +15,17 @@ pub struct GemmShape {
     pub k: i64,
     /// Columns of the right operand.
     pub n: i64,
-    /// Times per training step.
+    /// Matrix products per call: 1 for a linear layer, `batch · heads` for attention's batched
+    /// products (one `bmm` call each, and measured as one).
+    pub batch: i64,
+    /// Calls per training step.
     pub count: u64,
 }
 
 impl GemmShape {
-    /// `2 m k n` per run.
+    /// `2 · batch · m k n` per call.
     pub fn flops(&self) -> f64 {
-        2.0 * self.m as f64 * self.k as f64 * self.n as f64
+        2.0 * self.batch as f64 * self.m as f64 * self.k as f64 * self.n as f64
     }
 }
 
@@ -64,18 +68,21 @@ pub fn step_gemms(d: &StepDims) -> Vec<GemmShape> {
             m,
             k: h,
             n: h,
+            batch: 1,
             count: square,
         },
         GemmShape {
             m,
             k: h,
             n: f,
+            batch: 1,
             count: l,
         },
         GemmShape {
             m,
             k: f,
             n: h,
+            batch: 1,
             count: l,
         },
         // Input gradients: dX = dY W (the shapes swap k and n).
@@ -83,36 +90,41 @@ pub fn step_gemms(d: &StepDims) -> Vec<GemmShape> {
             m,
             k: h,
             n: h,
+            batch: 1,
             count: square - 3,
         },
         GemmShape {
             m,
             k: f,
             n: h,
+            batch: 1,
             count: l,
         },
         GemmShape {
             m,
             k: h,
             n: f,
+            batch: 1,
             count: l,
         },
     ];
     let head_dim = h / d.heads.max(1);
-    let bh = (d.batch * d.heads) as u64;
+    let bh = d.batch * d.heads;
     // Per (batch, head): QKᵀ [seq, d]×[d, seq] and AV [seq, seq]×[seq, d]; backward needs two
     // GEMMs of the same size for each.
     v.push(GemmShape {
         m: d.seq,
         k: head_dim,
         n: d.seq,
-        count: 3 * bh * l,
+        batch: bh,
+        count: 3 * l,
     });
     v.push(GemmShape {
         m: d.seq,
         k: d.seq,
         n: head_dim,
-        count: 3 * bh * l,
+        batch: bh,
+        count: 3 * l,
     });
     if d.rank > 0 {
         let r = d.rank;
@@ -123,36 +135,42 @@ pub fn step_gemms(d: &StepDims) -> Vec<GemmShape> {
                 m,
                 k: inp,
                 n: r,
+                batch: 1,
                 count,
             });
             v.push(GemmShape {
                 m,
                 k: r,
                 n: out,
+                batch: 1,
                 count,
             });
             v.push(GemmShape {
                 m: r,
                 k: m,
                 n: inp,
+                batch: 1,
                 count,
             });
             v.push(GemmShape {
                 m: out,
                 k: m,
                 n: r,
+                batch: 1,
                 count,
             });
             v.push(GemmShape {
                 m,
                 k: out,
                 n: r,
+                batch: 1,
                 count,
             });
             v.push(GemmShape {
                 m,
                 k: r,
                 n: inp,
+                batch: 1,
                 count,
             });
         }
@@ -185,10 +203,11 @@ pub struct GemmPeak {
 /// by the step's counts. `quick` times a single call per shape (a check that it runs, not a
 /// measurement).
 pub fn measure_peak(shapes: &[GemmShape], repeats: usize, quick: bool, device: Device) -> GemmPeak {
-    let mut distinct: Vec<(i64, i64, i64)> = Vec::new();
+    let key = |s: &GemmShape| (s.batch, s.m, s.k, s.n);
+    let mut distinct: Vec<(i64, i64, i64, i64)> = Vec::new();
     for s in shapes {
-        if !distinct.contains(&(s.m, s.k, s.n)) {
-            distinct.push((s.m, s.k, s.n));
+        if !distinct.contains(&key(s)) {
+            distinct.push(key(s));
         }
     }
     let mut libraries = vec![CpuGemm::Mkl];
@@ -201,14 +220,14 @@ pub fn measure_peak(shapes: &[GemmShape], repeats: usize, quick: bool, device: D
         .map(|&lib| {
             distinct
                 .iter()
-                .map(|&(m, k, n)| time_shape(lib, m, k, n, repeats, quick, device))
+                .map(|&(b, m, k, n)| time_shape(lib, b, m, k, n, repeats, quick, device))
                 .collect()
         })
         .collect();
-    let count_of = |(m, k, n): (i64, i64, i64)| -> f64 {
+    let count_of = |shape: (i64, i64, i64, i64)| -> f64 {
         shapes
             .iter()
-            .filter(|s| (s.m, s.k, s.n) == (m, k, n))
+            .filter(|s| key(s) == shape)
             .map(|s| s.count as f64)
             .sum()
     };
@@ -229,7 +248,7 @@ pub fn measure_peak(shapes: &[GemmShape], repeats: usize, quick: bool, device: D
         per_shape: distinct
             .iter()
             .enumerate()
-            .map(|(d, &(m, k, n))| (m, k, n, 2.0 * (m * k * n) as f64 / best(d) / 1e9))
+            .map(|(d, &(b, m, k, n))| (m, k, n, 2.0 * (b * m * k * n) as f64 / best(d) / 1e9))
             .collect(),
         gflops: weighted(&best),
         by_library: libraries
@@ -240,10 +259,14 @@ pub fn measure_peak(shapes: &[GemmShape], repeats: usize, quick: bool, device: D
     }
 }
 
-/// Seconds per `a Wᵀ` of one shape with one library: best of `repeats` timings of enough
-/// calls to last a few milliseconds.
+/// Seconds per call of one shape with one library: `a Wᵀ` through
+/// [`crate::gemm::linear_with`], or for a batched shape one `bmm` of `batch` products (as
+/// attention runs them, whichever library the linear layers use); best of `repeats` timings of
+/// enough calls to last a few milliseconds.
+#[allow(clippy::too_many_arguments)]
 fn time_shape(
     lib: CpuGemm,
+    batch: i64,
     m: i64,
     k: i64,
     n: i64,
@@ -252,21 +275,28 @@ fn time_shape(
     device: Device,
 ) -> f64 {
     tch::no_grad(|| {
-        let a = Tensor::randn([m, k], (Kind::Float, device));
-        let w = Tensor::randn([n, k], (Kind::Float, device));
-        let flops = 2.0 * (m * k * n) as f64;
+        let a = Tensor::randn([batch, m, k], (Kind::Float, device));
+        let w = Tensor::randn([batch, n, k], (Kind::Float, device));
+        let run = || {
+            if batch == 1 {
+                linear_with(lib, &a.get(0), &w.get(0), None)
+            } else {
+                a.bmm(&w.transpose(1, 2))
+            }
+        };
+        let flops = 2.0 * (batch * m * k * n) as f64;
         let calls = if quick {
             1
         } else {
             ((5e8 / flops).ceil() as usize).clamp(1, 10_000)
         };
-        let _ = linear_with(lib, &a, &w, None);
+        let _ = run();
         let mut best = f64::INFINITY;
         for _ in 0..repeats.max(1) {
             let started = Instant::now();
             let mut last = None;
             for _ in 0..calls {
-                last = Some(linear_with(lib, &a, &w, None));
+                last = Some(run());
             }
             if let Some(out) = last {
                 // Waits for an asynchronous device; a no-op cost on the CPU.
