@@ -3,7 +3,7 @@
 //! Every linear layer is an [`AdaptedLinear`] reachable by its Hugging Face module path
 //! (`encoder.layer.3.attention.self.query`), so adapters can be injected by PEFT-style patterns.
 
-use super::dropout::dropout;
+use super::dropout::WithDropout;
 use super::hf::{CheckpointError, LayerNorm, Weights, linear, read_config};
 use crate::adapter::AdaptedLinear;
 use serde::{Deserialize, Serialize};
@@ -383,11 +383,10 @@ impl BertModel {
                 .token_type_ids
                 .embedding_lookup(&self.token_type_embeddings);
         let tokens = Unpadding::new(&input.attention_mask);
-        let mut h = dropout(
-            &self.embeddings_norm.forward(&tokens.pack(&x)),
-            c.hidden_dropout_prob,
-            train,
-        );
+        let mut h = self
+            .embeddings_norm
+            .forward(&tokens.pack(&x))
+            .with_dropout(c.hidden_dropout_prob, train);
         // Additive mask: 0 where attended, the dtype's minimum where padded (as transformers).
         let mask = (input.attention_mask.to_kind(Kind::Float).neg() + 1.0) * f64::from(f32::MIN);
         let mask = mask.view([batch, 1, 1, len]);
@@ -410,20 +409,18 @@ impl BertModel {
             };
             let ctx = attention(&q, &k, &v, &mask, p);
             let ctx = tokens.pack(&ctx.transpose(1, 2));
-            let attn = dropout(
-                &layer.attention_output.forward(&ctx, train),
-                c.hidden_dropout_prob,
-                train,
-            );
+            let attn = layer
+                .attention_output
+                .forward(&ctx, train)
+                .with_dropout(c.hidden_dropout_prob, train);
             let attn = layer.attention_norm.forward(&(attn + &h));
             let ff = c
                 .hidden_act
                 .apply(&layer.intermediate.forward(&attn, train));
-            let out = dropout(
-                &layer.output.forward(&ff, train),
-                c.hidden_dropout_prob,
-                train,
-            );
+            let out = layer
+                .output
+                .forward(&ff, train)
+                .with_dropout(c.hidden_dropout_prob, train);
             h = layer.output_norm.forward(&(out + attn));
         }
         tokens.unpack(&h, batch, len)
@@ -433,12 +430,13 @@ impl BertModel {
 /// Scaled dot-product attention of `[batch, heads, len, head_dim]` inputs under an additive
 /// `mask`, with dropout `p` on the attention probabilities. Without dropout, or off the CPU,
 /// LibTorch's fused kernel; with dropout on the CPU, where LibTorch would fall back to the
-/// same unfused products but draw the mask serially, the products with [`dropout`]'s mask.
+/// same unfused products but draw the mask serially, the products with the parallel mask of
+/// [`super::dropout::dropout`].
 fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, p: f64) -> Tensor {
     if p > 0.0 && q.device() == Device::Cpu {
         let scale = 1.0 / (q.size()[3] as f64).sqrt();
         let scores = q.matmul(&k.transpose(-2, -1)) * scale + mask;
-        let probs = dropout(&scores.softmax(-1, scores.kind()), p, true);
+        let probs = scores.softmax(-1, scores.kind()).with_dropout(p, true);
         return probs.matmul(v);
     }
     Tensor::scaled_dot_product_attention(q, k, v, Some(mask), p, false, None, false)

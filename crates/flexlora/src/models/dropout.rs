@@ -58,13 +58,20 @@ fn draw_key() -> u64 {
 /// A float32 CPU tensor of `size` holding `1 / (1 − p)` where an element is kept (probability
 /// `1 − p`) and `0` where it is dropped; element `i`'s decision depends only on `key` and `i`.
 pub fn keep_mask(size: &[i64], p: f64, key: u64) -> Tensor {
-    let n: usize = size.iter().map(|&d| d.max(0) as usize).product();
-    let mut values = vec![0f32; n];
+    let mask = Tensor::empty(size, (Kind::Float, Device::Cpu));
+    let n = mask.numel();
+    if n == 0 {
+        return mask;
+    }
+    // SAFETY: `mask` was just allocated: a contiguous float32 CPU buffer of exactly `n`
+    // elements that nothing else refers to until it is returned. Filling it in place spares a
+    // zeroed staging vector and a copy on every dropout call of the training step.
+    let values = unsafe { std::slice::from_raw_parts_mut(mask.data_ptr() as *mut f32, n) };
     let threshold = drop_threshold(p);
     let scale = (1.0 / (1.0 - p)) as f32;
     let threads = (tch::get_num_threads().max(1) as usize).min(n / PARALLEL_MIN_ELEMENTS + 1);
     if threads <= 1 {
-        fill_mask(&mut values, 0, key, threshold, scale);
+        fill_mask(values, 0, key, threshold, scale);
     } else {
         // Chunks of an even length, so each 64-bit hash's two halves stay in one chunk.
         let chunk = n.div_ceil(threads).next_multiple_of(2);
@@ -74,7 +81,7 @@ pub fn keep_mask(size: &[i64], p: f64, key: u64) -> Tensor {
             }
         });
     }
-    Tensor::from_slice(&values).view(size)
+    mask
 }
 
 /// The 32-bit value at or above which an element is kept: `round(p · 2³²)`.
