@@ -4,7 +4,8 @@
 //! its AVX2 code path even where the core has AVX-512: on this project's Zen 5 benchmark machine
 //! it runs the encoder's shapes at about 220 GFLOP/s on two cores, while oneDNN (also inside
 //! LibTorch, dispatching on the instruction set rather than the vendor) runs the same shapes at
-//! about 430 GFLOP/s (docs/performance.md has the measurement and the command). [`linear`]
+//! up to about 430 GFLOP/s, and a LoRA training step 10-12% faster (docs/performance.md has
+//! the measurements and the commands). [`linear`]
 //! therefore routes float32 CPU layers through oneDNN's inner product
 //! (`mkldnn_linear`, which has LibTorch's autograd formula for the input, weight and bias
 //! gradients), converting the activations to and from oneDNN's layout around it; everything
@@ -21,9 +22,10 @@ use tch::{Device, Kind, Tensor};
 ///
 /// oneDNN compiles one primitive per GEMM shape, and with dynamic padding every batch brings
 /// new row counts; each cached primitive holds megabytes (its packed copy of the weight), so
-/// the default cache grew a LoRA main job's peak memory from 2.0 to 3.3 GB. 32 holds a step's
+/// the default cache grew a LoRA main job's peak memory from 2.0 to 3.2 GiB. 32 holds a step's
 /// shapes (forward and backward of each distinct layer shape) with room to spare; measured on
-/// the main job: 16 → 2.0 GB, 64 → 2.4 GB, 4 → 10% slower (recompiling within a step).
+/// the main job (docs/performance.md): 16 → 2.0 GiB, 32 → 2.1 GiB, 64 → 2.3 GiB, 4 → 10%
+/// slower (recompiling within a step).
 pub const ONEDNN_CACHE_CAPACITY: u32 = 32;
 
 /// Process set-up for [`linear`]'s oneDNN path: caps oneDNN's primitive cache at
