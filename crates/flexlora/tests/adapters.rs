@@ -389,3 +389,107 @@ fn initial_state_is_zero_update_with_r_init_active() {
     assert_eq!(b.scale(), 3.0, "current_rank follows the rank");
     assert_eq!(a.scale(), 4.0);
 }
+
+/// Gradients of every parameter and of the input, and the loss, through three adapted layers:
+/// the first above an input that needs no gradient (term-by-term path even while recording),
+/// the other two on the merged path while recording.
+fn stack_gradients(options: (Kind, Device), recorded: bool, scale: ScalePolicy) -> Vec<Tensor> {
+    tch::manual_seed(7);
+    let mut l1 = layer(
+        5,
+        7,
+        options,
+        Adapter::Lora(LoraAdapter::new(5, 7, 3, 6.0, 0.0, options).unwrap()),
+    );
+    if let Some(Adapter::Lora(a)) = &mut l1.adapter {
+        a.b = Tensor::randn([7, 3], options).set_requires_grad(true);
+    }
+    let mut svd = trained_svd(7, 6, options);
+    svd = SvdAdapter::from_parts(
+        svd.p.detach(),
+        svd.lambda.detach(),
+        svd.q.detach(),
+        svd.active().to_vec(),
+        SvdAdapterConfig { scale, ..cfg(4, 6) },
+    )
+    .unwrap();
+    let l2 = layer(7, 6, options, Adapter::Svd(svd));
+    let mut l3 = layer(
+        6,
+        4,
+        options,
+        Adapter::Lora(LoraAdapter::new(6, 4, 2, 2.0, 0.0, options).unwrap()),
+    );
+    if let Some(Adapter::Lora(a)) = &mut l3.adapter {
+        a.b = Tensor::randn([4, 2], options).set_requires_grad(true);
+    }
+    let x = Tensor::randn([3, 2, 5], options);
+    let target = Tensor::randn([3, 2, 4], options);
+    let forward = || {
+        let h = l1.forward(&x, true).tanh();
+        let h = l2.forward(&h, true).gelu("none");
+        (l3.forward(&h, true) - &target).square().sum(options.0)
+    };
+    let mut params: Vec<Tensor> = Vec::new();
+    for l in [&l1, &l2, &l3] {
+        match l.adapter.as_ref().unwrap() {
+            Adapter::Lora(a) => params.extend([a.a.shallow_clone(), a.b.shallow_clone()]),
+            Adapter::Svd(a) => params.extend([
+                a.p.shallow_clone(),
+                a.lambda.shallow_clone(),
+                a.q.shallow_clone(),
+            ]),
+        }
+    }
+    let loss = if recorded {
+        let (loss, taps) = flexlora::adapter::tape::record(forward);
+        assert_eq!(
+            taps.len(),
+            2,
+            "the layers above the first take the merged path"
+        );
+        flexlora::adapter::tape::backward(&loss, taps, &params);
+        loss
+    } else {
+        let loss = forward();
+        loss.backward();
+        loss
+    };
+    let mut out = vec![loss.detach()];
+    out.extend(params.iter().map(|p| p.grad().copy()));
+    out
+}
+
+#[test]
+fn merged_training_path_gives_the_term_by_term_gradients() {
+    for scale in [ScalePolicy::InitRank, ScalePolicy::PeftAdalora] {
+        for (options, tol) in [(F64, 1e-10), (F32, 1e-4)] {
+            let plain = stack_gradients(options, false, scale);
+            let merged = stack_gradients(options, true, scale);
+            let names = ["loss", "A1", "B1", "P2", "λ2", "Q2", "A3", "B3"];
+            for ((name, want), got) in names.iter().zip(&plain).zip(&merged) {
+                assert!(
+                    want.abs().max().double_value(&[]) > 0.0 || *name == "λ2",
+                    "{name}: no gradient to compare"
+                );
+                assert_close(name, got, want, tol);
+            }
+            // Inactive slots of the SVD adapter still get exactly zero gradient.
+            for slot in [1, 4] {
+                assert_eq!(
+                    merged[4].double_value(&[slot]),
+                    0.0,
+                    "λ of inactive slot {slot}"
+                );
+                assert_eq!(
+                    merged[3].narrow(1, slot, 1).abs().max().double_value(&[]),
+                    0.0
+                );
+                assert_eq!(
+                    merged[5].narrow(0, slot, 1).abs().max().double_value(&[]),
+                    0.0
+                );
+            }
+        }
+    }
+}

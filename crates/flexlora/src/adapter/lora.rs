@@ -92,7 +92,25 @@ impl LoraAdapter {
         } else {
             x.shallow_clone()
         };
-        x.matmul(&self.a.tr()).matmul(&self.b.tr()) * self.scale()
+        let (down, up) = self.factors();
+        x.matmul(&down.tr()).matmul(&up.tr())
+    }
+
+    /// `ΔW = up · down` as two differentiable factors: `down = A`, `up = s · B` (the scale on
+    /// the small factor, not on the `[tokens, out]` product; nothing at all when `s = 1`).
+    pub fn factors(&self) -> (Tensor, Tensor) {
+        let s = self.scale();
+        let up = if s == 1.0 {
+            self.b.shallow_clone()
+        } else {
+            &self.b * s
+        };
+        (self.a.shallow_clone(), up)
+    }
+
+    /// The dropout probability on the adapter's input.
+    pub fn dropout(&self) -> f64 {
+        self.dropout
     }
 
     /// `ΔW = s · B A`.

@@ -8,12 +8,14 @@
 mod inject;
 mod lora;
 mod svd;
+pub mod tape;
 
 pub use inject::{TargetPattern, inject_adapters, select_targets};
 pub use lora::LoraAdapter;
 pub use svd::{SvdAdapter, SvdAdapterConfig};
 
 use crate::config::OrthNorm;
+use crate::models::dropout::WithDropout;
 use tch::Tensor;
 use thiserror::Error;
 
@@ -54,6 +56,23 @@ impl Adapter {
         match self {
             Adapter::Svd(a) => a.forward_delta(x, train),
             Adapter::Lora(a) => a.forward_delta(x, train),
+        }
+    }
+
+    /// `ΔW = up · down` as differentiable factors (`out × r`, `r × in`) with every scale
+    /// folded into them: `(down, up)`.
+    pub fn factors(&self) -> (Tensor, Tensor) {
+        match self {
+            Adapter::Svd(a) => a.factors(),
+            Adapter::Lora(a) => a.factors(),
+        }
+    }
+
+    /// The dropout probability on the adapter's input.
+    pub fn dropout(&self) -> f64 {
+        match self {
+            Adapter::Svd(a) => a.config().dropout,
+            Adapter::Lora(a) => a.dropout(),
         }
     }
 
@@ -119,11 +138,28 @@ impl AdaptedLinear {
         }
     }
 
-    /// `y = x Wᵀ + b + adapter(x)`; `train` switches the adapter's dropout on.
+    /// `y = x Wᵀ + b + adapter(x)`; `train` switches the adapter's dropout on. While the
+    /// training step records ([`tape::record`]), a layer whose input is in the graph computes
+    /// it as `x (W + ΔW)ᵀ + b` instead (see [`tape`]).
     pub fn forward(&self, x: &Tensor, train: bool) -> Tensor {
+        let same_kind = self.weight.kind() == x.kind();
+        if let Some(a) = &self.adapter {
+            let no_dropout = !(train && a.dropout() > 0.0);
+            if same_kind && no_dropout && x.requires_grad() && tape::recording() {
+                let (down, up) = a.factors();
+                return tape::merged_forward(
+                    x,
+                    &self.weight,
+                    self.bias.as_ref(),
+                    down,
+                    up,
+                    crate::gemm::linear,
+                );
+            }
+        }
         // A base stored in bf16 (training.precision) multiplies in bf16 and hands back the
         // input's kind, so the adapter's sum and everything after stay in float32.
-        let y = if self.weight.kind() == x.kind() {
+        let y = if same_kind {
             crate::gemm::linear(x, &self.weight, self.bias.as_ref())
         } else {
             x.to_kind(self.weight.kind())
@@ -131,7 +167,15 @@ impl AdaptedLinear {
                 .to_kind(x.kind())
         };
         match &self.adapter {
-            Some(a) => y + a.forward_delta(x, train),
+            Some(a) => {
+                let x = if train && a.dropout() > 0.0 {
+                    x.with_dropout(a.dropout(), true)
+                } else {
+                    x.shallow_clone()
+                };
+                let (down, up) = a.factors();
+                y + x.matmul(&down.tr()).matmul(&up.tr())
+            }
             None => y,
         }
     }

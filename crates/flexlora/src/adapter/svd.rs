@@ -180,23 +180,33 @@ impl SvdAdapter {
         ) + 1e-5
     }
 
-    /// The update's contribution to the layer output:
-    /// `s · ((dropout(x) Qᵀ) ⊙ (λ ⊙ mask)) Pᵀ`, never materialising `ΔW`. With
-    /// [`ScalePolicy::PeftAdalora`], PEFT's `SVDLinear` order instead:
-    /// `(dropout(x) (Q ⊙ (λ ⊙ mask))ᵀ Pᵀ) · α / (r_init + 1e-5)`.
+    /// The update's contribution to the layer output, `dropout(x) downᵀ upᵀ` with the factors
+    /// of [`SvdAdapter::factors`]: `s · ((dropout(x) Qᵀ) ⊙ (λ ⊙ mask)) Pᵀ`, never
+    /// materialising `ΔW`.
     pub fn forward_delta(&self, x: &Tensor, train: bool) -> Tensor {
         let x = if train && self.config.dropout > 0.0 {
             x.with_dropout(self.config.dropout, true)
         } else {
             x.shallow_clone()
         };
+        let (down, up) = self.factors();
+        x.matmul(&down.tr()).matmul(&up.tr())
+    }
+
+    /// `ΔW = up · down` as two differentiable factors, with `λ ⊙ mask` and the scale folded
+    /// into the small `out × r_max` factor: `down = Q`, `up = P diag(s · λ ⊙ mask)`. With
+    /// [`ScalePolicy::PeftAdalora`], PEFT's grouping: `down = Q ⊙ (λ ⊙ mask)` (row-wise),
+    /// `up = P · α / (r_init + 1e-5)`. Scaling the factors instead of the `[tokens, out]`
+    /// product spares the training step a pass over the layer's output each way.
+    pub fn factors(&self) -> (Tensor, Tensor) {
         let lambda = &self.lambda * &self.mask;
         if self.config.scale == ScalePolicy::PeftAdalora {
-            let qe = &self.q * lambda.unsqueeze(1);
-            return x.matmul(&qe.tr()).matmul(&self.p.tr()) * self.config.alpha / self.ranknum();
+            let down = &self.q * lambda.unsqueeze(1);
+            let up = &self.p * self.config.alpha / self.ranknum();
+            return (down, up);
         }
-        let h = x.matmul(&self.q.tr()) * lambda;
-        h.matmul(&self.p.tr()) * self.scale()
+        let up = &self.p * (lambda * self.scale()).unsqueeze(0);
+        (self.q.shallow_clone(), up)
     }
 
     /// `ΔW = s · P diag(λ ⊙ mask) Q` (`out × in`), for merging, export and tests (with

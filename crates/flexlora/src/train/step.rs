@@ -188,7 +188,7 @@ pub fn accumulate<M: TrainableModel + ?Sized>(
     let scale = n.max(1) as f64;
     let mut step_loss = 0.0;
     for k in 0..n {
-        let loss = loss_of(k);
+        let (loss, taps) = crate::adapter::tape::record(|| loss_of(k));
         let mut total = loss.shallow_clone();
         if gamma > 0.0 {
             if let Some(r) =
@@ -197,7 +197,12 @@ pub fn accumulate<M: TrainableModel + ?Sized>(
                 total += r;
             }
         }
-        (total / scale).backward();
+        let trainables: Vec<Tensor> = model
+            .named_trainables()
+            .into_iter()
+            .map(|(_, t)| t)
+            .collect();
+        crate::adapter::tape::backward(&(total / scale), taps, &trainables);
         step_loss += loss.double_value(&[]) / scale;
     }
     step_loss

@@ -1,0 +1,146 @@
+//! Training an adapted layer through its merged weight: the adapter's gradients without the
+//! adapter's thin products in the autograd graph.
+//!
+//! An adapted layer computes `y = x Wᵀ + b + (x downᵀ) upᵀ` with `ΔW = up · down` (`out × r`,
+//! `r × in`; [`super::Adapter::factors`]). Run through autograd term by term, the update costs
+//! two products that write a `[tokens, out]` and a `[tokens, in]` tensor, and two full passes to
+//! add them, on top of the thin products its own gradients need; on a 2-core CPU that was a
+//! fifth of the training step for a rank-8 LoRA on MiniLM. The same values and gradients come
+//! cheaper in two passes:
+//!
+//! 1. **Forward through the merged weight.** `y = x (W + ΔW)ᵀ + b`, with `W + ΔW` formed
+//!    outside the graph (one `out × in` pass per layer). The input gradient of that product,
+//!    `g (W + ΔW)`, is exactly the one the two terms give (`g W + (g up) down`), so everything
+//!    below the layer is trained as before. The layer's input `x` and output `y` are recorded
+//!    in a [`Tap`].
+//! 2. **Backward in two steps** ([`backward`]). The first takes the loss's gradient with
+//!    respect to every trainable tensor and every tapped output (`g = ∂L/∂y`) without storing
+//!    anything. The second runs backward through the surrogate
+//!    `S = Σ_p ⟨∂L/∂p, p⟩ + Σ_taps Σ_{t,i} (g up)_{ti} (x downᵀ)_{ti}`, with the gradients held
+//!    constant. `∂S/∂p = ∂L/∂p` (the first term hands every trainable tensor its own gradient),
+//!    and since `Σ (g up) ⊙ (x downᵀ) = ⟨gᵀx, up · down⟩ = ⟨∂L/∂W, ΔW⟩`, the second term's
+//!    gradient with respect to the factors (and through them `A`, `B` or `P`, `λ`, `Q`) is the
+//!    adapter's true gradient: `∂L/∂up = gᵀ (x downᵀ)`, `∂L/∂down = (g up)ᵀ x`. Four thin
+//!    products that only read `[tokens, ·]` tensors, nothing written at full width.
+//!
+//! Recording is on only inside [`record`], which the training step wraps around its forward
+//! pass and pairs with [`backward`]: a forward pass anywhere else (evaluation, tests, a caller
+//! running its own `backward()`) takes the term-by-term path, whose gradients need nothing
+//! more. Layers whose input needs no gradient (the first layer's, above frozen embeddings), with
+//! adapter dropout, or with a base stored in another precision also take that path: the first
+//! because `∂L/∂y` cannot be asked of a tensor outside the graph, the others because the merged
+//! weight would change what they compute.
+
+use std::cell::RefCell;
+use tch::Tensor;
+
+/// One adapted layer's forward pass on the merged weight, kept for [`backward`].
+#[derive(Debug)]
+pub struct Tap {
+    /// The layer's input, detached (`[.., in]`).
+    input: Tensor,
+    /// The layer's output, in the graph (`[.., out]`).
+    output: Tensor,
+    /// The update's factors with their graph to the adapter's parameters.
+    down: Tensor,
+    /// See `down`.
+    up: Tensor,
+}
+
+thread_local! {
+    /// The taps of the forward pass being recorded; `None` outside [`record`].
+    static TAPE: RefCell<Option<Vec<Tap>>> = const { RefCell::new(None) };
+}
+
+/// Runs `forward` with recording on: adapted layers that can take the merged path do, and
+/// their taps are returned with `forward`'s result. Pass both to [`backward`].
+pub fn record<T>(forward: impl FnOnce() -> T) -> (T, Vec<Tap>) {
+    let outer = TAPE.with(|t| t.borrow_mut().replace(Vec::new()));
+    let result = forward();
+    let taps = TAPE.with(|t| std::mem::replace(&mut *t.borrow_mut(), outer));
+    (result, taps.unwrap_or_default())
+}
+
+/// Whether a forward pass is being recorded on this thread.
+pub(crate) fn recording() -> bool {
+    TAPE.with(|t| t.borrow().is_some())
+}
+
+/// `y = x (W + up · down)ᵀ + b` for a layer being recorded, its tap kept. `linear` is the base
+/// layer's product (`x`, weight, bias).
+pub(crate) fn merged_forward(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    down: Tensor,
+    up: Tensor,
+    linear: impl FnOnce(&Tensor, &Tensor, Option<&Tensor>) -> Tensor,
+) -> Tensor {
+    let merged = tch::no_grad(|| weight.addmm(&up, &down));
+    let output = linear(x, &merged, bias);
+    let tap = Tap {
+        input: x.detach(),
+        output: output.shallow_clone(),
+        down,
+        up,
+    };
+    TAPE.with(|t| {
+        if let Some(taps) = t.borrow_mut().as_mut() {
+            taps.push(tap);
+        }
+    });
+    output
+}
+
+/// `(∂L/∂down, ∂L/∂up) = ((g up)ᵀ x, gᵀ (x downᵀ))` from the tapped output's gradient `g`.
+/// Every product is arranged so that the `[tokens, ·]` operand is read along its rows and the
+/// thin one is the transposed operand: LibTorch's MKL runs `g · up` 2-3× slower with `up` as a
+/// plain `out × r` matrix than with `upᵀ` transposed, and `gᵀ · right` 3× slower than
+/// `(rightᵀ · g)ᵀ` (`python/bench/thin_products.py`).
+fn factor_gradients(tap: &Tap, g: &Tensor) -> (Tensor, Tensor) {
+    let flat = |t: &Tensor| t.reshape([-1, t.size().last().copied().unwrap_or(1)]);
+    let (g, x) = (flat(g), flat(&tap.input));
+    let (down, up) = (tap.down.detach(), tap.up.detach());
+    let right = x.mm(&down.tr()); // [tokens, r]
+    let left = g.mm(&up.tr().contiguous().tr()); // [tokens, r]
+    let grad_up = right.tr().mm(&g).tr(); // [out, r]
+    let grad_down = left.tr().mm(&x); // [r, in]
+    (grad_down, grad_up)
+}
+
+/// Backward pass of `loss` over a forward pass recorded with [`record`]: accumulates into the
+/// `.grad` of every tensor in `trainables` (and of the adapters' parameters behind the taps)
+/// exactly what `loss.backward()` over the term-by-term forward pass would (module docs). With
+/// no taps it is `loss.backward()`.
+pub fn backward(loss: &Tensor, taps: Vec<Tap>, trainables: &[Tensor]) {
+    if taps.is_empty() {
+        loss.backward();
+        return;
+    }
+    let mut inputs: Vec<&Tensor> = trainables.iter().filter(|p| p.requires_grad()).collect();
+    let own = inputs.len();
+    inputs.extend(taps.iter().map(|t| &t.output));
+    let grads = Tensor::run_backward(&[loss], &inputs, false, false);
+    let mut surrogate: Option<Tensor> = None;
+    let mut add = |term: Tensor| {
+        surrogate = Some(match surrogate.take() {
+            Some(s) => s + term,
+            None => term,
+        });
+    };
+    for (p, g) in inputs[..own].iter().zip(&grads[..own]) {
+        if g.defined() {
+            add((*p * g).sum(p.kind()));
+        }
+    }
+    for (tap, g) in taps.iter().zip(&grads[own..]) {
+        if g.defined() {
+            let (grad_down, grad_up) = factor_gradients(tap, g);
+            add((grad_down * &tap.down).sum(tap.down.kind())
+                + (grad_up * &tap.up).sum(tap.up.kind()));
+        }
+    }
+    if let Some(s) = surrogate {
+        s.backward();
+    }
+}
