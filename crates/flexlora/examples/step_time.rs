@@ -38,6 +38,7 @@ fn main() -> anyhow::Result<()> {
         .collect();
     let labels: Vec<f32> = splits.train.iter().take(32).map(|e| e.label).collect();
     let input = tokenizer.encode(&texts, None, Device::Cpu)?;
+    let groups = flexlora::models::packing::TokenPacking::new(&input.attention_mask).group_shapes();
     let batch = [(ModelInput::Text(input), Tensor::from_slice(&labels))];
     let total = config.total_steps(splits.train.len() as u64);
     tch::manual_seed(0);
@@ -70,7 +71,7 @@ fn main() -> anyhow::Result<()> {
     times.sort_by(f64::total_cmp);
     let q = |f: f64| times[((times.len() - 1) as f64 * f) as usize];
     println!(
-        "{method}: median {:.1} ms (quartiles {:.1}-{:.1})",
+        "{method}: median {:.1} ms (quartiles {:.1}-{:.1}); attention groups (sequences, len): {groups:?}",
         q(0.5),
         q(0.25),
         q(0.75)

@@ -187,6 +187,41 @@ fn adapter_gradients_through_the_whole_model_match_transformers() {
             );
         }
     }
+
+    // The training step's merged path (adapter::tape): the same gradients.
+    let mut trainables = Vec::new();
+    for layer in bert.linears() {
+        if let Some(a) = layer.svd_adapter() {
+            for t in [&a.p, &a.lambda, &a.q] {
+                let mut g = t.grad();
+                let _ = g.zero_();
+                trainables.push(t.shallow_clone());
+            }
+        }
+    }
+    let (hidden, taps) = flexlora::adapter::tape::record(|| bert.forward(&input, false));
+    assert_eq!(
+        taps.len(),
+        10,
+        "every adapted layer above the first takes the merged path"
+    );
+    let loss = (&hidden * &gy).sum(Kind::Float);
+    flexlora::adapter::tape::backward(&loss, taps, &trainables);
+    let d = max_abs_diff_real_tokens(&hidden, &want["hidden"], &input.attention_mask);
+    assert!(d <= 1e-5, "merged-path hidden states differ by {d:e}");
+    for (path, layer) in paths.iter().zip(bert.linears()) {
+        let Some(a) = layer.svd_adapter() else {
+            continue;
+        };
+        for (n, t) in [("P", &a.p), ("lam", &a.lambda), ("Q", &a.q)] {
+            assert_close(
+                &format!("merged path: {path} d{n}"),
+                &t.grad(),
+                &want[&format!("grad.{path}.{n}")],
+                1e-4,
+            );
+        }
+    }
 }
 
 /// The second real checkpoint: paraphrase-MiniLM-L3-v2, converted from ONNX by the fetch step.

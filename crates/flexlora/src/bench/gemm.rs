@@ -30,16 +30,16 @@ impl GemmShape {
 }
 
 /// The dimensions that fix a BERT step's GEMM work.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct StepDims {
-    /// Batch size.
-    pub batch: i64,
-    /// Sequence length (every sequence padded to it).
-    pub seq: i64,
     /// Tokens the per-token GEMMs (every linear layer) run on: `batch · seq` for a padded
     /// implementation (transformers), the real tokens only for flexlora, which packs them
     /// (see [`crate::models::BertModel::forward`]).
     pub tokens: i64,
+    /// Attention's batched products: `(sequences, len)` of each group, `[(batch, seq)]` for a
+    /// padded implementation, flexlora's length groups
+    /// ([`crate::models::packing::TokenPacking::group_shapes`]) otherwise.
+    pub attention: Vec<(i64, i64)>,
     /// Hidden size.
     pub hidden: i64,
     /// Feed-forward size.
@@ -50,131 +50,91 @@ pub struct StepDims {
     pub heads: i64,
     /// Adapter rank on every linear layer (0: none).
     pub rank: i64,
+    /// Adapters trained through the merged weight ([`crate::adapter::tape`], flexlora) rather
+    /// than term by term (PEFT).
+    pub merged_adapters: bool,
 }
 
-/// The step's GEMMs (linear layers on `tokens` rows, attention at the padded shape): forward
-/// of every frozen linear layer, their input gradients (not for
-/// layer 0's query/key/value, whose input, the frozen embeddings, needs none), no weight
-/// gradients (the weights are frozen); attention's `QKᵀ` and `AV` forward and both operands'
-/// gradients; the adapters' two thin GEMMs forward, their weight gradients and their share of
-/// the input gradient. The classifier and the elementwise work are left out.
+/// The step's GEMMs: forward of every frozen linear layer on `tokens` rows, their input
+/// gradients (not for layer 0's query/key/value, whose input, the frozen embeddings, needs
+/// none), no weight gradients (the weights are frozen); attention's `QKᵀ` and `AV` forward and
+/// both operands' gradients for every group; the adapters' products. Term by term (PEFT):
+/// `x Aᵀ` and `· Bᵀ` forward, `dA`, `dB` and the input gradient's two products. Merged
+/// (flexlora; layer 0's query/key/value stay term by term, without the input gradient): the
+/// merged weight `W + B A`, then `x Aᵀ`, `g B`, `dA` and `dB`. The classifier and the
+/// elementwise work are left out.
 pub fn step_gemms(d: &StepDims) -> Vec<GemmShape> {
     let m = d.tokens;
     let (h, f, l) = (d.hidden, d.intermediate, d.layers as u64);
     let square = 4 * l; // query, key, value, attention output
+    let linear = |k: i64, n: i64, count: u64| GemmShape {
+        m,
+        k,
+        n,
+        batch: 1,
+        count,
+    };
     let mut v = vec![
         // Forward.
-        GemmShape {
-            m,
-            k: h,
-            n: h,
-            batch: 1,
-            count: square,
-        },
-        GemmShape {
-            m,
-            k: h,
-            n: f,
-            batch: 1,
-            count: l,
-        },
-        GemmShape {
-            m,
-            k: f,
-            n: h,
-            batch: 1,
-            count: l,
-        },
+        linear(h, h, square),
+        linear(h, f, l),
+        linear(f, h, l),
         // Input gradients: dX = dY W (the shapes swap k and n).
-        GemmShape {
-            m,
-            k: h,
-            n: h,
-            batch: 1,
-            count: square - 3,
-        },
-        GemmShape {
-            m,
-            k: f,
-            n: h,
-            batch: 1,
-            count: l,
-        },
-        GemmShape {
-            m,
-            k: h,
-            n: f,
-            batch: 1,
-            count: l,
-        },
+        linear(h, h, square - 3),
+        linear(f, h, l),
+        linear(h, f, l),
     ];
     let head_dim = h / d.heads.max(1);
-    let bh = d.batch * d.heads;
-    // Per (batch, head): QKᵀ [seq, d]×[d, seq] and AV [seq, seq]×[seq, d]; backward needs two
-    // GEMMs of the same size for each.
-    v.push(GemmShape {
-        m: d.seq,
-        k: head_dim,
-        n: d.seq,
-        batch: bh,
-        count: 3 * l,
-    });
-    v.push(GemmShape {
-        m: d.seq,
-        k: d.seq,
-        n: head_dim,
-        batch: bh,
-        count: 3 * l,
-    });
+    for &(sequences, len) in &d.attention {
+        let bh = sequences * d.heads;
+        // Per (sequence, head): QKᵀ [len, d]×[d, len] and AV [len, len]×[len, d]; backward
+        // needs two GEMMs of the same size for each.
+        v.push(GemmShape {
+            m: len,
+            k: head_dim,
+            n: len,
+            batch: bh,
+            count: 3 * l,
+        });
+        v.push(GemmShape {
+            m: len,
+            k: len,
+            n: head_dim,
+            batch: bh,
+            count: 3 * l,
+        });
+    }
     if d.rank > 0 {
         let r = d.rank;
-        // Each adapted linear (in → out): x Aᵀ [m,in]×[in,r], then ·Bᵀ [m,r]×[r,out]; weight
-        // gradients dA (r×in from [r,m]×[m,in]) and dB; input gradient through the adapter.
+        let thin = |m: i64, k: i64, n: i64, count: u64| GemmShape {
+            m,
+            k,
+            n,
+            batch: 1,
+            count,
+        };
         for (inp, out, count) in [(h, h, square), (h, f, l), (f, h, l)] {
-            v.push(GemmShape {
-                m,
-                k: inp,
-                n: r,
-                batch: 1,
-                count,
-            });
-            v.push(GemmShape {
-                m,
-                k: r,
-                n: out,
-                batch: 1,
-                count,
-            });
-            v.push(GemmShape {
-                m: r,
-                k: m,
-                n: inp,
-                batch: 1,
-                count,
-            });
-            v.push(GemmShape {
-                m: out,
-                k: m,
-                n: r,
-                batch: 1,
-                count,
-            });
-            v.push(GemmShape {
-                m,
-                k: out,
-                n: r,
-                batch: 1,
-                count,
-            });
-            v.push(GemmShape {
-                m,
-                k: r,
-                n: inp,
-                batch: 1,
-                count,
-            });
+            // Layer 0's query, key and value: term by term on both sides, no input gradient.
+            let first = if inp == h && out == h { 3 } else { 0 };
+            let (merged, plain) = if d.merged_adapters {
+                (count - first, first)
+            } else {
+                (0, count)
+            };
+            // x Aᵀ, (x Aᵀ) Bᵀ, dA = (g B)ᵀ x, dB = gᵀ (x Aᵀ), g B.
+            v.push(thin(m, inp, r, count));
+            v.push(thin(m, r, out, plain));
+            v.push(thin(r, m, inp, count));
+            v.push(thin(out, m, r, count));
+            v.push(thin(m, out, r, count));
+            // The input gradient's (g B) A, where the input needs one.
+            let with_input_grad = if d.merged_adapters { 0 } else { count - first };
+            v.push(thin(m, r, inp, with_input_grad));
+            // The merged weight W + B A.
+            v.push(thin(out, r, inp, merged));
         }
     }
+    v.retain(|s| s.count > 0);
     v
 }
 
@@ -326,24 +286,73 @@ mod tests {
     #[test]
     fn minilm_step_is_about_91_gflop() {
         let d = StepDims {
-            batch: 32,
-            seq: 64,
             tokens: 32 * 64,
+            attention: vec![(32, 64)],
             hidden: 384,
             intermediate: 1536,
             layers: 6,
             heads: 12,
             rank: 0,
+            merged_adapters: false,
         };
         // Linear forward: 2 · 2048 · (4 · 384² + 2 · 384 · 1536) · 6 = 43.49 GFLOP; input
         // gradients the same less layer 0's q, k, v (3 · 2 · 2048 · 384²) = 41.67; attention
         // 3 · 2 · (2 · 64 · 32 · 64) · 32 · 12 · 6 = 3.62.
         let g = total_flops(&step_gemms(&d)) / 1e9;
         assert!((g - 88.785).abs() < 0.001, "{g}");
-        let with_adapters = total_flops(&step_gemms(&StepDims { rank: 8, ..d })) / 1e9;
+        let with_adapters = total_flops(&step_gemms(&StepDims {
+            rank: 8,
+            ..d.clone()
+        })) / 1e9;
         assert!(
             with_adapters > g && with_adapters < g * 1.05,
             "{with_adapters}"
         );
+        // Rank-8 adapters on one 384 → 384 layer per step (layers 1-5 of them, so with input
+        // gradients): term by term 6 products of 2 · 2048 · 384 · 8 FLOP each; merged 4 of
+        // them plus the merged weight 2 · 384 · 8 · 384.
+        let one = |merged_adapters| {
+            let d = StepDims {
+                rank: 8,
+                merged_adapters,
+                layers: 1,
+                ..d.clone()
+            };
+            total_flops(&step_gemms(&d)) - total_flops(&step_gemms(&StepDims { rank: 0, ..d }))
+        };
+        let product = 2.0 * 2048.0 * 384.0 * 8.0;
+        // One layer: layer 0's q, k, v (5 products each), the attention output (6), and the
+        // feed-forward pair, whose products are 1 or 4 times a square one's (x Aᵀ, · Bᵀ, dA,
+        // dB, g B, (g B) A: 1+4+1+4+4+1 and 4+1+4+1+1+4).
+        let plain = (3.0 * 5.0 + 6.0 + 15.0 + 15.0) * product;
+        assert!(
+            (one(false) - plain).abs() < 1.0,
+            "{} vs {plain}",
+            one(false)
+        );
+        // Merged: the attention output's 4 products (x Aᵀ, g B, dA, dB), the feed-forward
+        // pair's 1+4+1+4 each, and the merged weights (1 + 4 + 4 square ones).
+        let weight = 2.0 * 384.0 * 8.0 * 384.0;
+        let merged = (3.0 * 5.0 + 4.0 + 10.0 + 10.0) * product + 9.0 * weight;
+        assert!(
+            (one(true) - merged).abs() < 1.0,
+            "{} vs {merged}",
+            one(true)
+        );
+        // Length groups: attention's work is the sum over groups.
+        let grouped = StepDims {
+            attention: vec![(12, 18), (20, 40)],
+            ..d.clone()
+        };
+        let attention = |d: &StepDims| {
+            total_flops(&step_gemms(d))
+                - total_flops(&step_gemms(&StepDims {
+                    attention: vec![],
+                    ..d.clone()
+                }))
+        };
+        let per_layer = |n: f64, len: f64| 3.0 * 2.0 * 2.0 * n * 12.0 * len * len * 32.0;
+        let want = 6.0 * (per_layer(12.0, 18.0) + per_layer(20.0, 40.0));
+        assert!((attention(&grouped) - want).abs() < 1.0);
     }
 }

@@ -342,6 +342,9 @@ pub fn bench(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
         &batch_file,
     )?;
     let real_tokens = input.attention_mask.sum(Kind::Int64).int64_value(&[]);
+    // Attention's length groups, as the model forms them for this batch.
+    let attention_groups =
+        crate::models::packing::TokenPacking::new(&input.attention_mask).group_shapes();
     report.shapes = format!(
         "{} × {} tokens ({} real, the rest padding)",
         opts.batch, opts.seq, real_tokens
@@ -351,20 +354,23 @@ pub fn bench(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
     // GEMM work and this machine's rate on the same shapes.
     let bert = crate::models::hf::read_config::<crate::models::BertConfig>(&lora.model.path)?;
     let dims = gemm::StepDims {
-        batch: opts.batch as i64,
-        seq: opts.seq as i64,
         tokens: real_tokens,
+        attention: attention_groups.clone(),
         hidden: bert.hidden_size,
         intermediate: bert.intermediate_size,
         layers: bert.num_hidden_layers,
         heads: bert.num_attention_heads,
         rank: lora.method.r_init as i64,
+        merged_adapters: true,
     };
     let shapes = gemm::step_gemms(&dims);
     report.step_gflop = gemm::total_flops(&shapes) / 1e9;
+    report.attention_groups = attention_groups;
     let padded = gemm::StepDims {
-        tokens: dims.batch * dims.seq,
-        ..dims
+        tokens: (opts.batch * opts.seq) as i64,
+        attention: vec![(opts.batch as i64, opts.seq as i64)],
+        merged_adapters: false,
+        ..dims.clone()
     };
     report.padded_step_gflop = gemm::total_flops(&gemm::step_gemms(&padded)) / 1e9;
     say("GEMM rate on the step's shapes");

@@ -76,6 +76,10 @@ pub struct BenchReport {
     pub shapes: String,
     /// GEMM GFLOP of flexlora's training step (counted; linear layers on the real tokens).
     pub step_gflop: f64,
+    /// `(sequences, len)` of each of flexlora's attention groups for the step's batch; empty
+    /// in reports made before attention was grouped by length (it ran at the padded shape).
+    #[serde(default)]
+    pub attention_groups: Vec<(i64, i64)>,
     /// GEMM GFLOP of a padded implementation's step (PEFT's: every position of the batch).
     pub padded_step_gflop: f64,
     /// GEMM GFLOP/s of this machine on the step's shapes.
@@ -131,6 +135,7 @@ impl BenchReport {
             quick: opts.quick,
             shapes: String::new(),
             step_gflop: 0.0,
+            attention_groups: Vec::new(),
             padded_step_gflop: 0.0,
             gemm_peak_gflops: 0.0,
             gemm_per_shape: Vec::new(),
@@ -220,12 +225,26 @@ impl BenchReport {
                     .collect();
                 format!(" ({})", each.join(", "))
             };
+            let attention = if self.attention_groups.is_empty() {
+                "attention keeps the padded shape".to_string()
+            } else {
+                let groups: Vec<String> = self
+                    .attention_groups
+                    .iter()
+                    .map(|(n, l)| format!("{n} × {l}"))
+                    .collect();
+                format!(
+                    "attention runs on groups of sequences of similar length, each padded to \
+                     its longest: {}; adapters trained through the merged weight",
+                    groups.join(", ")
+                )
+            };
             let _ = writeln!(
                 s,
                 "\nGEMM work of one step, counted from the shapes (forward, input gradients, adapter \
                  gradients; frozen weights get no weight gradient): {:.1} GFLOP for flexlora, which \
-                 runs every linear layer on the real tokens only (padding is packed away; attention \
-                 keeps the padded shape), and {:.1} GFLOP for a padded implementation such as \
+                 runs every linear layer on the real tokens only (padding is packed away; \
+                 {attention}), and {:.1} GFLOP for a padded implementation such as \
                  transformers. This machine's GEMM rate on flexlora's shapes, measured in this run \
                  with each shape on the faster of LibTorch's GEMM libraries: {:.0} GFLOP/s{}. \
                  flexlora's {} step (linear layers on {}) achieves {achieved:.0} GFLOP/s = {:.0}% \

@@ -5,6 +5,7 @@
 
 use super::dropout::WithDropout;
 use super::hf::{CheckpointError, LayerNorm, Weights, linear, read_config};
+use super::packing::TokenPacking;
 use crate::adapter::AdaptedLinear;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -368,11 +369,13 @@ impl BertModel {
     /// The last hidden states `[batch, len, hidden]`. `train` switches dropout on.
     ///
     /// Padding is removed before the work that is per token (every linear layer, layer norm,
-    /// activation and dropout runs on the real tokens only, packed as `[tokens, hidden]`) and
-    /// put back only around attention, as FlashAttention's "unpadded" BERT does: real tokens
-    /// get exactly the values of the padded computation (padding never reaches them: it is
-    /// masked out of attention), at a fraction of the cost when batches hold short sentences.
-    /// Padding positions of the result are zeros (transformers leaves unused values there).
+    /// activation and dropout runs on the real tokens only, packed as `[tokens, hidden]`), and
+    /// attention runs on groups of sequences of similar length, each padded only to its own
+    /// longest ([`super::packing`]), as FlashAttention's "unpadded" BERT does: real tokens get
+    /// the values of the padded computation up to summation order (padding never reaches
+    /// them: it is masked out of attention), at a fraction of the cost when batches hold short
+    /// sentences. Padding positions of the result are zeros (transformers leaves unused values
+    /// there).
     pub fn forward(&self, input: &EncoderInput, train: bool) -> Tensor {
         let c = &self.config;
         let (batch, len) = (input.input_ids.size()[0], input.input_ids.size()[1]);
@@ -382,33 +385,24 @@ impl BertModel {
             + input
                 .token_type_ids
                 .embedding_lookup(&self.token_type_embeddings);
-        let tokens = Unpadding::new(&input.attention_mask);
+        let tokens = TokenPacking::new(&input.attention_mask);
         let mut h = self
             .embeddings_norm
             .forward(&tokens.pack(&x))
             .with_dropout(c.hidden_dropout_prob, train);
-        // Additive mask: 0 where attended, the dtype's minimum where padded (as transformers).
-        let mask = (input.attention_mask.to_kind(Kind::Float).neg() + 1.0) * f64::from(f32::MIN);
-        let mask = mask.view([batch, 1, 1, len]);
         let heads = c.num_attention_heads;
-        let head_dim = c.hidden_size / heads;
-        let split = |t: Tensor| {
-            tokens
-                .unpack(&t, batch, len)
-                .view([batch, len, heads, head_dim])
-                .transpose(1, 2)
+        let p = if train {
+            c.attention_probs_dropout_prob
+        } else {
+            0.0
         };
         for layer in &self.layers {
-            let q = split(layer.query.forward(&h, train));
-            let k = split(layer.key.forward(&h, train));
-            let v = split(layer.value.forward(&h, train));
-            let p = if train {
-                c.attention_probs_dropout_prob
-            } else {
-                0.0
-            };
-            let ctx = attention(&q, &k, &v, &mask, p);
-            let ctx = tokens.pack(&ctx.transpose(1, 2));
+            let q = layer.query.forward(&h, train);
+            let k = layer.key.forward(&h, train);
+            let v = layer.value.forward(&h, train);
+            let ctx = tokens.attention(&q, &k, &v, heads, |q, k, v, mask| {
+                attention(q, k, v, mask, p)
+            });
             let attn = layer
                 .attention_output
                 .forward(&ctx, train)
@@ -440,45 +434,6 @@ fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, p: f64) -> Tenso
         return probs.matmul(v);
     }
     Tensor::scaled_dot_product_attention(q, k, v, Some(mask), p, false, None, false)
-}
-
-/// Where the real tokens of a padded `[batch, len]` batch are, to pack per-token work into
-/// `[tokens, features]` and back.
-struct Unpadding {
-    /// Flat indices (`b · len + t`) of the real tokens; `None` when there is no padding.
-    index: Option<Tensor>,
-}
-
-impl Unpadding {
-    fn new(attention_mask: &Tensor) -> Self {
-        let flat = attention_mask.reshape([-1]);
-        let real = flat.nonzero().squeeze_dim(1);
-        let index = (real.size()[0] < flat.size()[0]).then_some(real);
-        Self { index }
-    }
-
-    /// `[batch, len, ...features]` → `[tokens, features]` (real tokens, in order).
-    fn pack(&self, t: &Tensor) -> Tensor {
-        let size = t.size();
-        let features: i64 = size[2..].iter().product();
-        let flat = t.reshape([size[0] * size[1], features]);
-        match &self.index {
-            Some(i) => flat.index_select(0, i),
-            None => flat,
-        }
-    }
-
-    /// `[tokens, features]` → `[batch, len, features]`, zeros at padding.
-    fn unpack(&self, t: &Tensor, batch: i64, len: i64) -> Tensor {
-        let features = t.size()[1];
-        match &self.index {
-            Some(i) => t
-                .new_zeros([batch * len, features], (t.kind(), t.device()))
-                .index_copy(0, i, t)
-                .view([batch, len, features]),
-            None => t.view([batch, len, features]),
-        }
-    }
 }
 
 trait EmbeddingLookup {

@@ -14,6 +14,7 @@ pub mod hf;
 pub mod image;
 pub mod input;
 pub mod llama;
+pub mod packing;
 pub mod tokenizer;
 pub mod vit;
 
