@@ -65,8 +65,10 @@ fn args(out: &Path) -> Vec<String> {
         "method.r_max=4",
         // The exchange of the best checkpoint needs a run whose second validation beats its
         // first; with six validation sentences that depends on the random stream, and at this
-        // rate it does (checked by the_reference_run_replaces_its_best_checkpoint).
+        // rate and seed it does (checked by the_reference_run_replaces_its_best_checkpoint;
+        // the seed was re-picked when attention's length groups changed the dropout masks).
         "optimiser.lr=1e-2",
+        "training.seed=1",
     ] {
         v.extend(["--set".into(), s.into()]);
     }
@@ -376,11 +378,12 @@ fn assert_guard_stops(sets: &[&str], faults: &str, what: &str, step: u64) {
 
 #[test]
 fn an_absurd_learning_rate_stops_at_the_first_non_finite_lambda() {
-    // Step 1's warm-up rate is tiny; step 2's update overflows float32.
+    // Step 1's warm-up rate is tiny; step 2's update overflows float32 (to +inf or -inf, as
+    // the gradient's sign falls with the seed's random stream).
     assert_guard_stops(
         &["optimiser.lr=1e39"],
         "",
-        "adapters.encoder.layer.0.attention.self.query.lambda (-inf)",
+        "adapters.encoder.layer.0.attention.self.query.lambda (",
         2,
     );
 }

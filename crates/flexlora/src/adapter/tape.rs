@@ -121,26 +121,43 @@ pub fn backward(loss: &Tensor, taps: Vec<Tap>, trainables: &[Tensor]) {
     let own = inputs.len();
     inputs.extend(taps.iter().map(|t| &t.output));
     let grads = Tensor::run_backward(&[loss], &inputs, false, false);
-    let mut surrogate: Option<Tensor> = None;
-    let mut add = |term: Tensor| {
-        surrogate = Some(match surrogate.take() {
-            Some(s) => s + term,
-            None => term,
-        });
-    };
+    // A tensor whose `.grad` already exists (every step after the first: zero_grad zeroes
+    // in place) takes its gradient by an in-place add; the others go through the surrogate.
+    let mut terms: Vec<Tensor> = Vec::new();
     for (p, g) in inputs[..own].iter().zip(&grads[..own]) {
         if g.defined() {
-            add((*p * g).sum(p.kind()));
+            let mut stored = p.grad();
+            if stored.defined() {
+                let _ = tch::no_grad(|| stored.g_add_(g));
+            } else {
+                terms.push(inner_product(p, g));
+            }
         }
     }
     for (tap, g) in taps.iter().zip(&grads[own..]) {
         if g.defined() {
             let (grad_down, grad_up) = factor_gradients(tap, g);
-            add((grad_down * &tap.down).sum(tap.down.kind())
-                + (grad_up * &tap.up).sum(tap.up.kind()));
+            terms.push(inner_product(&tap.down, &grad_down));
+            terms.push(inner_product(&tap.up, &grad_up));
         }
     }
-    if let Some(s) = surrogate {
-        s.backward();
-    }
+    let Some(first) = terms.first() else {
+        return;
+    };
+    // One stack and sum rather than a chain of scalar adds (fewer operator calls both ways).
+    let surrogate = if terms.iter().all(|t| t.kind() == first.kind()) {
+        Tensor::stack(&terms, 0).sum(first.kind())
+    } else {
+        let mut total = terms[0].to_kind(tch::Kind::Double);
+        for t in &terms[1..] {
+            total = total + t.to_kind(tch::Kind::Double);
+        }
+        total
+    };
+    surrogate.backward();
+}
+
+/// `⟨a, b⟩` over all elements, differentiable in `a` (`b` is a constant gradient).
+fn inner_product(a: &Tensor, b: &Tensor) -> Tensor {
+    a.reshape([-1]).dot(&b.reshape([-1]).to_kind(a.kind()))
 }
