@@ -150,7 +150,7 @@ pub fn backward(loss: &Tensor, taps: Vec<Tap>, trainables: &[Tensor]) {
     } else {
         let mut total = terms[0].to_kind(tch::Kind::Double);
         for t in &terms[1..] {
-            total = total + t.to_kind(tch::Kind::Double);
+            total += t.to_kind(tch::Kind::Double);
         }
         total
     };
