@@ -14,20 +14,15 @@ Usage: .venv/bin/python python/bench/thin_products.py [--threads 2]
 """
 
 import argparse
-import time
 
 import torch
+from gemm_paths import seconds_per_call  # this folder's other benchmark (the script's path)
 
 TOKENS, RANK = 767, 8
 
 
-def microseconds(fn, calls=300, warmup=30):
-    for _ in range(warmup):
-        fn()
-    started = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    return (time.perf_counter() - started) / calls * 1e6
+def microseconds(fn):
+    return seconds_per_call(fn, calls=300, warmup=30) * 1e6
 
 
 def main():

@@ -448,7 +448,9 @@ fn stack_gradients(options: (Kind, Device), recorded: bool, scale: ScalePolicy) 
             2,
             "the layers above the first take the merged path"
         );
-        flexlora::adapter::tape::backward(&loss, taps, &params);
+        flexlora::adapter::tape::backward(&loss, taps, || {
+            params.iter().map(Tensor::shallow_clone).collect()
+        });
         loss
     } else {
         let loss = forward();

@@ -1,7 +1,6 @@
 //! `LoraAdapter`: the plain LoRA baseline, `ΔW = B A · α / r` with PEFT's initialisation.
 
 use super::AdapterError;
-use crate::models::dropout::WithDropout;
 use tch::{Device, Kind, Tensor};
 
 /// The LoRA adapter of one frozen linear layer (`out × in`).
@@ -87,13 +86,7 @@ impl LoraAdapter {
 
     /// `s · (dropout(x) Aᵀ) Bᵀ`.
     pub fn forward_delta(&self, x: &Tensor, train: bool) -> Tensor {
-        let x = if train && self.dropout > 0.0 {
-            x.with_dropout(self.dropout, true)
-        } else {
-            x.shallow_clone()
-        };
-        let (down, up) = self.factors();
-        x.matmul(&down.tr()).matmul(&up.tr())
+        super::low_rank_delta(x, self.dropout, train, self.factors())
     }
 
     /// `ΔW = up · down` as two differentiable factors: `down = A`, `up = s · B` (the scale on

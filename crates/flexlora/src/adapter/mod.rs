@@ -85,6 +85,17 @@ impl Adapter {
     }
 }
 
+/// `dropout(x) downᵀ upᵀ`: an adapter's contribution from its factors, dropout `p` on its
+/// input when `train`.
+fn low_rank_delta(x: &Tensor, p: f64, train: bool, (down, up): (Tensor, Tensor)) -> Tensor {
+    let x = if train && p > 0.0 {
+        x.with_dropout(p, true)
+    } else {
+        x.shallow_clone()
+    };
+    x.matmul(&down.tr()).matmul(&up.tr())
+}
+
 /// A frozen linear layer with an optional adapter.
 #[derive(Debug)]
 pub struct AdaptedLinear {
@@ -147,14 +158,7 @@ impl AdaptedLinear {
             let no_dropout = !(train && a.dropout() > 0.0);
             if same_kind && no_dropout && x.requires_grad() && tape::recording() {
                 let (down, up) = a.factors();
-                return tape::merged_forward(
-                    x,
-                    &self.weight,
-                    self.bias.as_ref(),
-                    down,
-                    up,
-                    crate::gemm::linear,
-                );
+                return tape::merged_forward(x, &self.weight, self.bias.as_ref(), down, up);
             }
         }
         // A base stored in bf16 (training.precision) multiplies in bf16 and hands back the
@@ -167,15 +171,7 @@ impl AdaptedLinear {
                 .to_kind(x.kind())
         };
         match &self.adapter {
-            Some(a) => {
-                let x = if train && a.dropout() > 0.0 {
-                    x.with_dropout(a.dropout(), true)
-                } else {
-                    x.shallow_clone()
-                };
-                let (down, up) = a.factors();
-                y + x.matmul(&down.tr()).matmul(&up.tr())
-            }
+            Some(a) => y + a.forward_delta(x, train),
             None => y,
         }
     }

@@ -3,7 +3,6 @@
 
 use super::AdapterError;
 use crate::config::{NewDirectionInit, OrthNorm, ScalePolicy};
-use crate::models::dropout::WithDropout;
 use tch::{Device, Kind, Tensor};
 
 /// Shape and behaviour of one SVD adapter.
@@ -184,13 +183,7 @@ impl SvdAdapter {
     /// of [`SvdAdapter::factors`]: `s · ((dropout(x) Qᵀ) ⊙ (λ ⊙ mask)) Pᵀ`, never
     /// materialising `ΔW`.
     pub fn forward_delta(&self, x: &Tensor, train: bool) -> Tensor {
-        let x = if train && self.config.dropout > 0.0 {
-            x.with_dropout(self.config.dropout, true)
-        } else {
-            x.shallow_clone()
-        };
-        let (down, up) = self.factors();
-        x.matmul(&down.tr()).matmul(&up.tr())
+        super::low_rank_delta(x, self.config.dropout, train, self.factors())
     }
 
     /// `ΔW = up · down` as two differentiable factors, with `λ ⊙ mask` and the scale folded

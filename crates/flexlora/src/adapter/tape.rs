@@ -66,18 +66,17 @@ pub(crate) fn recording() -> bool {
     TAPE.with(|t| t.borrow().is_some())
 }
 
-/// `y = x (W + up · down)ᵀ + b` for a layer being recorded, its tap kept. `linear` is the base
-/// layer's product (`x`, weight, bias).
+/// `y = x (W + up · down)ᵀ + b` for a layer being recorded (through [`crate::gemm::linear`],
+/// as the base layer's own product), its tap kept.
 pub(crate) fn merged_forward(
     x: &Tensor,
     weight: &Tensor,
     bias: Option<&Tensor>,
     down: Tensor,
     up: Tensor,
-    linear: impl FnOnce(&Tensor, &Tensor, Option<&Tensor>) -> Tensor,
 ) -> Tensor {
     let merged = tch::no_grad(|| weight.addmm(&up, &down));
-    let output = linear(x, &merged, bias);
+    let output = crate::gemm::linear(x, &merged, bias);
     let tap = Tap {
         input: x.detach(),
         output: output.shallow_clone(),
@@ -111,12 +110,13 @@ fn factor_gradients(tap: &Tap, g: &Tensor) -> (Tensor, Tensor) {
 /// Backward pass of `loss` over a forward pass recorded with [`record`]: accumulates into the
 /// `.grad` of every tensor in `trainables` (and of the adapters' parameters behind the taps)
 /// exactly what `loss.backward()` over the term-by-term forward pass would (module docs). With
-/// no taps it is `loss.backward()`.
-pub fn backward(loss: &Tensor, taps: Vec<Tap>, trainables: &[Tensor]) {
+/// no taps it is `loss.backward()` (and `trainables`, which lists them, is not called).
+pub fn backward(loss: &Tensor, taps: Vec<Tap>, trainables: impl FnOnce() -> Vec<Tensor>) {
     if taps.is_empty() {
         loss.backward();
         return;
     }
+    let trainables = trainables();
     let mut inputs: Vec<&Tensor> = trainables.iter().filter(|p| p.requires_grad()).collect();
     let own = inputs.len();
     inputs.extend(taps.iter().map(|t| &t.output));

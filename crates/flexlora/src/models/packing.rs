@@ -80,6 +80,9 @@ pub struct TokenPacking {
     token_slots: Tensor,
     groups: Vec<Group>,
     tokens: i64,
+    /// No padding at all: one group holding every sequence in order, so every index above is
+    /// the identity and packing is a reshape (no copies).
+    identity: bool,
 }
 
 impl TokenPacking {
@@ -133,7 +136,10 @@ impl TokenPacking {
             });
         }
         let index = |v: &[i64]| Tensor::from_slice(v).to_device(device);
+        // Equal lengths make a single group in sequence order (see attention_groups).
+        let identity = positions.len() as i64 == batch * len && groups.len() == 1;
         Self {
+            identity,
             tokens: positions.len() as i64,
             positions: index(&positions),
             slot_tokens: index(&slot_tokens),
@@ -146,13 +152,19 @@ impl TokenPacking {
     pub fn pack(&self, t: &Tensor) -> Tensor {
         let size = t.size();
         let features: i64 = size[2..].iter().product();
-        t.reshape([size[0] * size[1], features])
-            .index_select(0, &self.positions)
+        let flat = t.reshape([size[0] * size[1], features]);
+        if self.identity {
+            return flat;
+        }
+        flat.index_select(0, &self.positions)
     }
 
     /// `[tokens, features]` → `[batch, len, features]`, zeros at padding.
     pub fn unpack(&self, t: &Tensor, batch: i64, len: i64) -> Tensor {
         let features = t.size()[1];
+        if self.identity {
+            return t.view([batch, len, features]);
+        }
         t.new_zeros([batch * len, features], (t.kind(), t.device()))
             .index_copy(0, &self.positions, t)
             .view([batch, len, features])
@@ -184,6 +196,9 @@ impl TokenPacking {
         let sizes: Vec<i64> = self.groups.iter().map(|g| g.sequences * g.len).collect();
         // One gather per tensor, split into groups (split's backward is one concatenation).
         let slotted = |t: &Tensor| {
+            if self.identity {
+                return vec![t.shallow_clone()];
+            }
             t.index_select(0, &self.slot_tokens)
                 .split_with_sizes(&sizes, 0)
         };
@@ -207,6 +222,9 @@ impl TokenPacking {
                 .reshape([g.sequences * g.len, hidden])
             })
             .collect();
+        if self.identity {
+            return outputs.into_iter().next().unwrap_or_else(|| q.zeros_like());
+        }
         Tensor::cat(&outputs, 0).index_select(0, &self.token_slots)
     }
 }
@@ -270,5 +288,15 @@ mod tests {
         // Identity attention (returns v) gives back the packed tokens.
         let out = p.attention(&packed, &packed, &packed, 1, |_, _, v, _| v.shallow_clone());
         assert_eq!(out, packed);
+
+        // Without padding: one group, packing is a reshape, attention sees the batch as is.
+        let full = TokenPacking::new(&Tensor::ones([3, 4], (Kind::Int64, Device::Cpu)));
+        assert!(full.identity);
+        assert_eq!(full.group_shapes(), vec![(3, 4)]);
+        let packed = full.pack(&x);
+        assert_eq!(packed, x.view([12, 2]));
+        assert_eq!(full.unpack(&packed, 3, 4), x);
+        let out = full.attention(&packed, &packed, &packed, 1, |_, _, v, _| v * 2.0);
+        assert_eq!(out, &packed * 2.0);
     }
 }

@@ -197,12 +197,13 @@ pub fn accumulate<M: TrainableModel + ?Sized>(
                 total += r;
             }
         }
-        let trainables: Vec<Tensor> = model
-            .named_trainables()
-            .into_iter()
-            .map(|(_, t)| t)
-            .collect();
-        crate::adapter::tape::backward(&(total / scale), taps, &trainables);
+        crate::adapter::tape::backward(&(total / scale), taps, || {
+            model
+                .named_trainables()
+                .into_iter()
+                .map(|(_, t)| t)
+                .collect()
+        });
         step_loss += loss.double_value(&[]) / scale;
     }
     step_loss
