@@ -21,6 +21,7 @@ pub mod gemm;
 pub mod io;
 pub mod lm;
 pub mod models;
+pub mod omp;
 pub mod optim;
 pub mod overrides;
 pub mod peft;

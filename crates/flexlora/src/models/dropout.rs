@@ -63,24 +63,25 @@ pub fn keep_mask(size: &[i64], p: f64, key: u64) -> Tensor {
     if n == 0 {
         return mask;
     }
-    // SAFETY: `mask` was just allocated: a contiguous float32 CPU buffer of exactly `n`
-    // elements that nothing else refers to until it is returned. Filling it in place spares a
-    // zeroed staging vector and a copy on every dropout call of the training step.
-    let values = unsafe { std::slice::from_raw_parts_mut(mask.data_ptr() as *mut f32, n) };
     let threshold = drop_threshold(p);
     let scale = (1.0 / (1.0 - p)) as f32;
     let threads = (tch::get_num_threads().max(1) as usize).min(n / PARALLEL_MIN_ELEMENTS + 1);
-    if threads <= 1 {
-        fill_mask(values, 0, key, threshold, scale);
-    } else {
-        // Chunks of an even length, so each 64-bit hash's two halves stay in one chunk.
-        let chunk = n.div_ceil(threads).next_multiple_of(2);
-        std::thread::scope(|s| {
-            for (k, part) in values.chunks_mut(chunk).enumerate() {
-                s.spawn(move || fill_mask(part, k * chunk, key, threshold, scale));
-            }
-        });
-    }
+    // Chunks of an even length, so each 64-bit hash's two halves stay in one chunk. The
+    // threads are LibTorch's own (`omp`): threads started here would compete with its
+    // spinning ones for the cores.
+    let base = mask.data_ptr() as usize;
+    crate::omp::for_each_thread(threads, &|index, team| {
+        let chunk = n.div_ceil(team).next_multiple_of(2);
+        let start = (index * chunk).min(n);
+        let end = (start + chunk).min(n);
+        // SAFETY: `mask` was just allocated: a contiguous float32 CPU buffer of exactly `n`
+        // elements that nothing else refers to until it is returned, alive until
+        // `for_each_thread` has joined every member; the members' ranges `start..end` are
+        // disjoint. Filling it in place spares a zeroed staging vector and a copy per call.
+        let part =
+            unsafe { std::slice::from_raw_parts_mut((base as *mut f32).add(start), end - start) };
+        fill_mask(part, start, key, threshold, scale);
+    });
     mask
 }
 
