@@ -1,7 +1,8 @@
 //! Times flexlora's training step alone at the step benchmark's fixed shapes (the first 32
 //! training sentences of the main job padded to 64 tokens), for comparing builds quickly:
 //! `cargo run --release --example step_time -- [method] [steps] [--set key=value ...]`.
-//! Prints the median and the quartiles of the step time in ms. `flexlora bench` is the
+//! Prints the median and the quartiles of the step time in ms, and the median time of the
+//! optimiser update (clipping, AdamW, allocation) within it. `flexlora bench` is the
 //! benchmark of record (both sides, alternating); this is the profiling harness.
 
 use flexlora::config::{Config, TaskKind};
@@ -51,10 +52,11 @@ fn main() -> anyhow::Result<()> {
     let mut optimiser = step::optimiser_for(&config, &model);
     let mut allocators = Allocators::for_model(&config, &model, total)?;
     let plan = StepPlan::new(&config, total);
-    let mut times = Vec::new();
+    let (mut times, mut update_times) = (Vec::new(), Vec::new());
     for i in 0..steps + 5 {
         let started = Instant::now();
         let loss = step::accumulate_gradients(&model, &batch, &config);
+        let update_started = Instant::now();
         step::apply_update(
             &mut model,
             &mut optimiser,
@@ -65,16 +67,19 @@ fn main() -> anyhow::Result<()> {
         )?;
         if i >= 5 {
             times.push(started.elapsed().as_secs_f64() * 1e3);
+            update_times.push(update_started.elapsed().as_secs_f64() * 1e3);
         }
         anyhow::ensure!(loss.is_finite(), "loss {loss}");
     }
     times.sort_by(f64::total_cmp);
+    update_times.sort_by(f64::total_cmp);
     let q = |f: f64| times[((times.len() - 1) as f64 * f) as usize];
     println!(
-        "{method}: median {:.1} ms (quartiles {:.1}-{:.1}); attention groups (sequences, len): {groups:?}",
+        "{method}: median {:.1} ms (quartiles {:.1}-{:.1}; optimiser update and allocation {:.1}); attention groups (sequences, len): {groups:?}",
         q(0.5),
         q(0.25),
-        q(0.75)
+        q(0.75),
+        update_times[update_times.len() / 2]
     );
     Ok(())
 }

@@ -97,14 +97,86 @@ pub(crate) fn merged_forward(
 /// plain `out × r` matrix than with `upᵀ` transposed, and `gᵀ · right` 3× slower than
 /// `(rightᵀ · g)ᵀ` (`python/bench/thin_products.py`).
 fn factor_gradients(tap: &Tap, g: &Tensor) -> (Tensor, Tensor) {
+    thin_gradients(&tap.input, g, &tap.down.detach(), &tap.up.detach())
+}
+
+/// [`factor_gradients`] from the tensors themselves (`down`, `up` detached).
+fn thin_gradients(x: &Tensor, g: &Tensor, down: &Tensor, up: &Tensor) -> (Tensor, Tensor) {
     let flat = |t: &Tensor| t.reshape([-1, t.size().last().copied().unwrap_or(1)]);
-    let (g, x) = (flat(g), flat(&tap.input));
-    let (down, up) = (tap.down.detach(), tap.up.detach());
+    let (g, x) = (flat(g), flat(x));
     let right = x.mm(&down.tr()); // [tokens, r]
     let left = g.mm(&up.tr().contiguous().tr()); // [tokens, r]
     let grad_up = right.tr().mm(&g).tr(); // [out, r]
     let grad_down = left.tr().mm(&x); // [r, in]
     (grad_down, grad_up)
+}
+
+/// [`factor_gradients`] of every `(tap, g)`, in order. The products are small enough that
+/// MKL runs each on one thread, so the taps are shared out among LibTorch's threads
+/// ([`crate::omp`]), each running its products one after another.
+fn all_factor_gradients(tapped: &[(&Tap, &Tensor)]) -> Vec<(Tensor, Tensor)> {
+    let threads = (tch::get_num_threads().max(1) as usize).min(tapped.len());
+    if threads <= 1
+        || tapped
+            .first()
+            .is_some_and(|(t, _)| t.input.device() != tch::Device::Cpu)
+    {
+        return tapped.iter().map(|(t, g)| factor_gradients(t, g)).collect();
+    }
+    // Each member takes its share of the work items (tensors are Send, not Sync) and leaves
+    // its results by index.
+    type Item = (usize, Tensor, Tensor, Tensor, Tensor);
+    let shares: Vec<std::sync::Mutex<Vec<Item>>> = (0..threads)
+        .map(|_| std::sync::Mutex::new(Vec::new()))
+        .collect();
+    // Balance by the products' size: tokens · (in + out) per tap, largest first, each to the
+    // least loaded share.
+    let mut order: Vec<usize> = (0..tapped.len()).collect();
+    let cost = |i: usize| {
+        let (t, g) = tapped[i];
+        t.input.numel() + g.numel()
+    };
+    order.sort_by_key(|&i| std::cmp::Reverse(cost(i)));
+    let mut loads = vec![0usize; threads];
+    for i in order {
+        let share = (0..threads).min_by_key(|&s| loads[s]).unwrap_or(0);
+        loads[share] += cost(i);
+        let (t, g) = tapped[i];
+        if let Ok(mut items) = shares[share].lock() {
+            items.push((
+                i,
+                t.input.shallow_clone(),
+                g.shallow_clone(),
+                t.down.detach(),
+                t.up.detach(),
+            ));
+        }
+    }
+    let results: std::sync::Mutex<Vec<Option<(Tensor, Tensor)>>> =
+        std::sync::Mutex::new((0..tapped.len()).map(|_| None).collect());
+    crate::omp::for_each_thread(threads, &|index, team| {
+        // A smaller team than asked: the last member also runs the shares without a member.
+        let mine = if index + 1 == team {
+            index..threads
+        } else {
+            index..index + 1
+        };
+        for share in mine {
+            let items =
+                std::mem::take(&mut *shares[share].lock().unwrap_or_else(|e| e.into_inner()));
+            for (i, x, g, down, up) in items {
+                let pair = thin_gradients(&x, &g, &down, &up);
+                results.lock().unwrap_or_else(|e| e.into_inner())[i] = Some(pair);
+            }
+        }
+    });
+    results
+        .into_inner()
+        .unwrap_or_else(|e| e.into_inner())
+        .into_iter()
+        .zip(tapped)
+        .map(|(r, (t, g))| r.unwrap_or_else(|| factor_gradients(t, g)))
+        .collect()
 }
 
 /// Backward pass of `loss` over a forward pass recorded with [`record`]: accumulates into the
@@ -134,12 +206,18 @@ pub fn backward(loss: &Tensor, taps: Vec<Tap>, trainables: impl FnOnce() -> Vec<
             }
         }
     }
-    for (tap, g) in taps.iter().zip(&grads[own..]) {
-        if g.defined() {
-            let (grad_down, grad_up) = factor_gradients(tap, g);
-            terms.push(inner_product(&tap.down, &grad_down));
-            terms.push(inner_product(&tap.up, &grad_up));
-        }
+    let tapped: Vec<(&Tap, &Tensor)> = taps
+        .iter()
+        .zip(&grads[own..])
+        .filter(|(_, g)| g.defined())
+        .collect();
+    for (tap, (grad_down, grad_up)) in tapped
+        .iter()
+        .map(|(t, _)| *t)
+        .zip(all_factor_gradients(&tapped))
+    {
+        terms.push(inner_product(&tap.down, &grad_down));
+        terms.push(inner_product(&tap.up, &grad_up));
     }
     let Some(first) = terms.first() else {
         return;

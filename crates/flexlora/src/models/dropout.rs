@@ -91,11 +91,46 @@ fn drop_threshold(p: f64) -> u64 {
 }
 
 /// Fills `out`, whose first element is element `start` of the mask (`start` even). Each 64-bit
-/// hash decides two elements, by its low and its high 32 bits.
+/// hash decides two elements, by its low and its high 32 bits. Where the CPU has AVX-512
+/// (64-bit multiplies in vector registers), a copy of the same code compiled for it, which
+/// writes the same values about twice as fast (docs/performance.md).
 fn fill_mask(out: &mut [f32], start: usize, key: u64, threshold: u64, scale: f32) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f")
+        && std::arch::is_x86_feature_detected!("avx512dq")
+    {
+        // SAFETY: the features the function is compiled for were just detected.
+        return unsafe { fill_mask_avx512(out, start, key, threshold, scale) };
+    }
+    fill_mask_portable(out, start, key, threshold, scale)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512dq")]
+fn fill_mask_avx512(out: &mut [f32], start: usize, key: u64, threshold: u64, scale: f32) {
+    fill_mask_portable(out, start, key, threshold, scale)
+}
+
+/// [`fill_mask`]'s body, written so that it vectorises: eight pairs per round, hashes first,
+/// then branch-free decisions.
+#[inline(always)]
+fn fill_mask_portable(out: &mut [f32], start: usize, key: u64, threshold: u64, scale: f32) {
     let decide = |bits: u64| if bits >= threshold { scale } else { 0.0 };
-    let mut pairs = out.chunks_exact_mut(2);
+    const PAIRS: usize = 8;
     let mut pair_index = (start / 2) as u64;
+    let mut blocks = out.chunks_exact_mut(2 * PAIRS);
+    for block in &mut blocks {
+        let mut hashes = [0u64; PAIRS];
+        for (k, h) in hashes.iter_mut().enumerate() {
+            *h = mix(key, pair_index + k as u64);
+        }
+        for (pair, h) in block.chunks_exact_mut(2).zip(hashes) {
+            pair[0] = decide(h & 0xffff_ffff);
+            pair[1] = decide(h >> 32);
+        }
+        pair_index += PAIRS as u64;
+    }
+    let mut pairs = blocks.into_remainder().chunks_exact_mut(2);
     for pair in &mut pairs {
         let h = mix(key, pair_index);
         pair[0] = decide(h & 0xffff_ffff);
@@ -108,6 +143,7 @@ fn fill_mask(out: &mut [f32], start: usize, key: u64, threshold: u64, scale: f32
 }
 
 /// SplitMix64's output for counter `i` of the stream `key` (Steele, Lea and Flood 2014).
+#[inline(always)]
 fn mix(key: u64, i: u64) -> u64 {
     let mut z = key.wrapping_add(i.wrapping_add(1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -125,6 +161,28 @@ mod tests {
 
     /// The kept fraction is `1 − p` within four standard deviations, kept elements hold
     /// `1 / (1 − p)`, and a mask filled by several threads equals the one-thread mask.
+    /// Both builds of the blocked loop write the mask's definition: element `start + j` is
+    /// decided by half `(start + j) % 2` of `mix(key, (start + j) / 2)`; checked through the
+    /// blocks and both remainders.
+    #[test]
+    fn blocked_loops_write_the_definition() {
+        let threshold = drop_threshold(0.3);
+        for (len, start) in [(1usize, 0usize), (17, 2), (33, 40), (1000, 0), (1001, 7770)] {
+            let expected: Vec<f32> = (start..start + len)
+                .map(|e| {
+                    let h = mix(77, (e / 2) as u64);
+                    let bits = if e % 2 == 0 { h & 0xffff_ffff } else { h >> 32 };
+                    if bits >= threshold { 2.0 } else { 0.0 }
+                })
+                .collect();
+            let (mut a, mut b) = (vec![9f32; len], vec![9f32; len]);
+            fill_mask(&mut a, start, 77, threshold, 2.0);
+            fill_mask_portable(&mut b, start, 77, threshold, 2.0);
+            assert_eq!(a, expected, "len {len} start {start}");
+            assert_eq!(b, expected, "portable: len {len} start {start}");
+        }
+    }
+
     #[test]
     fn mask_has_the_rate_and_scale_and_ignores_threads() {
         let n = 300_001usize;
