@@ -428,10 +428,16 @@ impl BertModel {
 /// [`super::dropout::dropout`].
 fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, p: f64) -> Tensor {
     if p > 0.0 && q.device() == Device::Cpu {
-        let scale = 1.0 / (q.size()[3] as f64).sqrt();
-        let scores = q.matmul(&k.transpose(-2, -1)) * scale + mask;
+        let (n, h, l, d) = (q.size()[0], q.size()[1], q.size()[2], q.size()[3]);
+        // Batched products on contiguous `[n · h, l, d]` copies (a matmul of the strided
+        // head views copies them too, more slowly), and the scale and mask applied by the
+        // product itself (`mask + scale · q kᵀ`, the mask broadcast over the query rows).
+        let batched = |t: &Tensor| t.contiguous().view([n * h, l, d]);
+        let bias = mask.expand([n, h, 1, l], false).reshape([n * h, 1, l]);
+        let scale = 1.0 / (d as f64).sqrt();
+        let scores = bias.baddbmm(&batched(q), &batched(k).transpose(1, 2), 1.0, scale);
         let probs = scores.softmax(-1, scores.kind()).with_dropout(p, true);
-        return probs.matmul(v);
+        return probs.bmm(&batched(v)).view([n, h, l, d]);
     }
     Tensor::scaled_dot_product_attention(q, k, v, Some(mask), p, false, None, false)
 }
@@ -443,5 +449,46 @@ trait EmbeddingLookup {
 impl EmbeddingLookup for Tensor {
     fn embedding_lookup(&self, table: &Tensor) -> Tensor {
         Tensor::embedding(table, self, -1, false, false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The CPU path for attention with dropout (batched products, scale and mask inside the
+    /// product) gives LibTorch's fused attention's values and input gradients when dropout
+    /// keeps everything (`p` so small that no element is dropped and the scale is 1), on
+    /// strided head views as the model hands them over and with masked key positions.
+    #[test]
+    fn eager_attention_matches_the_fused_kernel() {
+        tch::manual_seed(5);
+        let (n, h, l, d) = (3i64, 2i64, 5i64, 4i64);
+        let packed = Tensor::randn([n, l, h * d * 3], (Kind::Float, Device::Cpu));
+        let mut lengths_mask = vec![0f32; (n * l) as usize];
+        for (b, len) in [(0usize, 5usize), (1, 3), (2, 1)] {
+            for t in len..l as usize {
+                lengths_mask[b * l as usize + t] = f32::MIN;
+            }
+        }
+        let mask = Tensor::from_slice(&lengths_mask).view([n, 1, 1, l]);
+        let upstream = Tensor::randn([n, h, l, d], (Kind::Float, Device::Cpu));
+        let run = |p: f64| {
+            let leaf = packed.copy().set_requires_grad(true);
+            let heads = |i: i64| {
+                leaf.narrow(2, i * h * d, h * d)
+                    .view([n, l, h, d])
+                    .transpose(1, 2)
+            };
+            let out = attention(&heads(0), &heads(1), &heads(2), &mask, p);
+            (&out * &upstream).sum(Kind::Float).backward();
+            (out.detach(), leaf.grad())
+        };
+        let (eager, eager_grad) = run(1e-12);
+        let (fused, fused_grad) = run(0.0);
+        let diff = |a: &Tensor, b: &Tensor| (a - b).abs().max().double_value(&[]);
+        assert!(diff(&eager, &fused) < 1e-5, "values differ");
+        assert!(diff(&eager_grad, &fused_grad) < 1e-5, "gradients differ");
+        assert!(fused_grad.abs().sum(Kind::Float).double_value(&[]) > 0.0);
     }
 }
