@@ -9,6 +9,7 @@ mod inject;
 mod lora;
 mod svd;
 pub mod tape;
+pub mod thin;
 
 pub use inject::{TargetPattern, inject_adapters, select_targets};
 pub use lora::LoraAdapter;

@@ -100,15 +100,54 @@ fn factor_gradients(tap: &Tap, g: &Tensor) -> (Tensor, Tensor) {
     thin_gradients(&tap.input, g, &tap.down.detach(), &tap.up.detach())
 }
 
-/// [`factor_gradients`] from the tensors themselves (`down`, `up` detached).
+/// [`factor_gradients`] from the tensors themselves (`down`, `up` detached): float32 on the
+/// CPU by the fused kernel of [`super::thin`], anything else by four library products.
 fn thin_gradients(x: &Tensor, g: &Tensor, down: &Tensor, up: &Tensor) -> (Tensor, Tensor) {
     let flat = |t: &Tensor| t.reshape([-1, t.size().last().copied().unwrap_or(1)]);
     let (g, x) = (flat(g), flat(x));
+    let on_cpu_f32 = [&x, &g, down, up]
+        .iter()
+        .all(|t| t.device() == tch::Device::Cpu && t.kind() == tch::Kind::Float);
+    if on_cpu_f32 {
+        let (x, g, down, up) = (
+            x.contiguous(),
+            g.contiguous(),
+            down.contiguous(),
+            up.contiguous(),
+        );
+        let (tokens, inp) = (x.size()[0], x.size()[1]);
+        let (out, r) = (up.size()[0], up.size()[1]);
+        let dims = (tokens as usize, inp as usize, out as usize, r as usize);
+        let (grad_down, grad_up) = super::thin::factor_gradients(
+            cpu_f32(&x),
+            cpu_f32(&g),
+            cpu_f32(&down),
+            cpu_f32(&up),
+            dims,
+        );
+        return (
+            Tensor::from_slice(&grad_down).view([r, inp]),
+            Tensor::from_slice(&grad_up).view([out, r]),
+        );
+    }
     let right = x.mm(&down.tr()); // [tokens, r]
     let left = g.mm(&up.tr().contiguous().tr()); // [tokens, r]
     let grad_up = right.tr().mm(&g).tr(); // [out, r]
     let grad_down = left.tr().mm(&x); // [r, in]
     (grad_down, grad_up)
+}
+
+/// The elements of a contiguous float32 CPU tensor.
+fn cpu_f32(t: &Tensor) -> &[f32] {
+    debug_assert!(t.is_contiguous() && t.kind() == tch::Kind::Float);
+    let n = t.numel();
+    if n == 0 {
+        return &[];
+    }
+    // SAFETY: `t` is a contiguous float32 CPU tensor of `n` elements (checked by the caller),
+    // whose storage lives as long as the borrow of `t`; nothing writes to it meanwhile (the
+    // backward pass that produced it has finished and the kernel only reads).
+    unsafe { std::slice::from_raw_parts(t.data_ptr() as *const f32, n) }
 }
 
 /// [`factor_gradients`] of every `(tap, g)`, in order. The products are small enough that
