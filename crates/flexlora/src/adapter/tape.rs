@@ -150,9 +150,10 @@ fn cpu_f32(t: &Tensor) -> &[f32] {
     unsafe { std::slice::from_raw_parts(t.data_ptr() as *const f32, n) }
 }
 
-/// [`factor_gradients`] of every `(tap, g)`, in order. The products are small enough that
-/// MKL runs each on one thread, so the taps are shared out among LibTorch's threads
-/// ([`crate::omp`]), each running its products one after another.
+/// [`factor_gradients`] of every `(tap, g)`, in order. Each tap's products run on one thread
+/// (the fused kernel, or MKL, which uses one thread for products this small), so the taps are
+/// shared out among LibTorch's threads ([`crate::omp`]), each running its taps one after
+/// another.
 fn all_factor_gradients(tapped: &[(&Tap, &Tensor)]) -> Vec<(Tensor, Tensor)> {
     let threads = (tch::get_num_threads().max(1) as usize).min(tapped.len());
     if threads <= 1
