@@ -27,10 +27,19 @@ pub trait ImportanceMetric {
 /// `e_i = λ_i² / Σ_j λ_j²`, `I(Λ) = −(1 / log r) · Σ_i e_i · log(e_i + ε)`, `ε = 1e-8`.
 ///
 /// Edge cases (where the reference code returns NaN):
-/// - `r ≤ 1`: the score is `0`, the limit of the definition (all energy in one direction).
-///   Such a matrix still may be expanded, but its score is the lowest possible, so it is rarely
-///   among the highest: the rank heatmap shows this rather than hiding it.
-/// - all `λ = 0`: `0` (no energy, nothing spread).
+/// - `r = 1` with `λ ≠ 0`: the score is `1`. The normalised entropy is the *evenness* of the
+///   energy over the directions the matrix has, `H / log r`; with one direction it is 0/0, and
+///   we take the value evenness takes for a one-outcome distribution, 1: every direction the
+///   matrix has carries energy, none is idle. This is also what keeps the allocation able to
+///   act: with the other limit, 0, a rank-1 matrix is the lowest possible score, it cannot be
+///   pruned (`r ≥ 1`) and it can never win an expansion (that needs a score strictly above the
+///   paired prune candidate's), so a matrix pruned to rank 1 stayed there for good and a config
+///   that starts every matrix at rank 1 could never move. With 1, a rank-1 matrix whose single
+///   direction is in use competes with the most evenly spread matrices for new rank.
+/// - all `λ = 0` (any `r`, including `r = 1` and the empty spectrum): `0`. A matrix with no
+///   energy shows no use of any direction; this is every matrix's state before its first
+///   update, where equal scores move nothing. One update of `λ` makes it non-zero, after which
+///   the rules above apply: a zero matrix is never stuck.
 /// - any non-finite `λ`: `0` (the trainer stops on non-finite parameters; the metric never
 ///   propagates NaN into the allocator).
 ///
@@ -38,12 +47,15 @@ pub trait ImportanceMetric {
 /// is clamped to `[0, 1]`.
 pub fn spectral_entropy(lambdas: &[f32]) -> f64 {
     let r = lambdas.len();
-    if r <= 1 || lambdas.iter().any(|l| !l.is_finite()) {
+    if lambdas.iter().any(|l| !l.is_finite()) {
         return 0.0;
     }
     let total: f64 = lambdas.iter().map(|&l| f64::from(l) * f64::from(l)).sum();
     if total == 0.0 {
         return 0.0;
+    }
+    if r == 1 {
+        return 1.0;
     }
     let h: f64 = lambdas
         .iter()
@@ -194,10 +206,14 @@ mod tests {
         assert!(s >= 0.0, "clamped at 0, got {s}");
     }
 
-    /// The reference divides by log(1) = 0 and gets NaN, which torch.topk ranks highest.
+    /// The reference divides by log(1) = 0 and gets NaN, which torch.topk ranks highest. Here
+    /// a rank-1 matrix in use scores 1 (evenness over the one direction it has), one with no
+    /// energy 0, and nothing is NaN.
     #[test]
-    fn reference_failure_rank_one_scores_zero() {
-        assert_eq!(spectral_entropy(&[0.7]), 0.0);
+    fn reference_failure_rank_one_is_defined() {
+        assert_eq!(spectral_entropy(&[0.7]), 1.0);
+        assert_eq!(spectral_entropy(&[-1e-20]), 1.0);
+        assert_eq!(spectral_entropy(&[0.0]), 0.0);
         assert_eq!(spectral_entropy(&[]), 0.0);
     }
 

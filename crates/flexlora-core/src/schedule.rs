@@ -17,6 +17,7 @@ use thiserror::Error;
 /// | `linear` | `b0 · (1 − p)` |
 /// | `exp` | `b0 · exp(−k·p)`, `k` = `exp_rate` (default 5: `b` ends near 0.7 % of `b0`) |
 /// | `constant` | `b0` (what the reference's GLUE driver runs, with `b0 = 4`) |
+/// | `adaptive` | `b0 · (1 − max(τ, 0))`, τ = Kendall's τ_b of the importance ranking against the previous adjustment's ([`AdjustmentSchedule::adaptive_moves`]) |
 ///
 /// `b(t)` is then rounded to the nearest integer, halves to even (Python's `round`, which the
 /// reference uses).
@@ -34,6 +35,9 @@ pub enum BudgetSchedule {
     Exp,
     /// `b0`.
     Constant,
+    /// Set by the scores themselves: `b0` scaled by how much the importance ranking changed
+    /// since the previous adjustment (see [`AdjustmentSchedule::adaptive_moves`]).
+    Adaptive,
 }
 
 impl BudgetSchedule {
@@ -44,7 +48,8 @@ impl BudgetSchedule {
             BudgetSchedule::CubicRef => 1.0 - p.powi(3),
             BudgetSchedule::Linear => 1.0 - p,
             BudgetSchedule::Exp => (-exp_rate * p).exp(),
-            BudgetSchedule::Constant => 1.0,
+            // The cap; the ranking's stability lowers it at run time.
+            BudgetSchedule::Constant | BudgetSchedule::Adaptive => 1.0,
         }
     }
 
@@ -56,6 +61,7 @@ impl BudgetSchedule {
             BudgetSchedule::Linear => "linear",
             BudgetSchedule::Exp => "exp",
             BudgetSchedule::Constant => "constant",
+            BudgetSchedule::Adaptive => "adaptive",
         }
     }
 }
@@ -193,6 +199,27 @@ impl AdjustmentSchedule {
         Some(self.budget(t)).filter(|&b| b > 0)
     }
 
+    /// The moves to make at an adjustment step whose schedule allows `cap` (its `b(t)`), given
+    /// Kendall's τ_b between this step's importance scores and the previous adjustment's
+    /// (`None` at the first adjustment, or when the ranking is all ties).
+    ///
+    /// For every schedule but `adaptive` this is `cap`. `adaptive` (the paper's first open
+    /// question, a task-aware schedule) moves `round(cap · (1 − max(τ, 0)))`, halves to even:
+    /// all `b0` while the ranking is no better than unrelated to the previous one or when there
+    /// is nothing to compare, fewer as consecutive rankings agree, none once the ranking stops
+    /// changing at all. The moves themselves change the moved matrices' scores, so a ranking
+    /// only settles when the allocation has stopped reshuffling it.
+    pub fn adaptive_moves(&self, cap: u32, tau: Option<f64>) -> u32 {
+        if self.schedule != BudgetSchedule::Adaptive {
+            return cap;
+        }
+        let Some(tau) = tau.filter(|t| t.is_finite()) else {
+            return cap;
+        };
+        let raw = f64::from(cap) * (1.0 - tau.clamp(0.0, 1.0));
+        raw.round_ties_even().clamp(0.0, f64::from(cap)) as u32
+    }
+
     /// Every step that moves ranks, with its `b(t)`, in order.
     pub fn adjustment_steps(&self) -> impl Iterator<Item = (u64, u32)> + '_ {
         let first = self.t_init + self.delta_t.max(1);
@@ -276,6 +303,33 @@ mod tests {
                 .all(|&(t, b)| b > 0 && s.moves_at(t) == Some(b))
         );
         assert_eq!(listed.first(), Some(&(15, 3)));
+    }
+
+    #[test]
+    fn adaptive_moves_follow_the_ranking_stability() {
+        let mut s = sched(0, 0, 1, 100, 8);
+        s.schedule = BudgetSchedule::Adaptive;
+        // The dry-run cap is b0 at every adjustment step.
+        assert!(s.adjustment_steps().all(|(_, b)| b == 8));
+        assert_eq!(s.adaptive_moves(8, None), 8);
+        assert_eq!(s.adaptive_moves(8, Some(-0.4)), 8);
+        assert_eq!(s.adaptive_moves(8, Some(0.0)), 8);
+        assert_eq!(s.adaptive_moves(8, Some(0.5)), 4);
+        assert_eq!(
+            s.adaptive_moves(8, Some(0.8125)),
+            2,
+            "8 * 0.1875 = 1.5 -> 2"
+        );
+        assert_eq!(
+            s.adaptive_moves(8, Some(0.9375)),
+            0,
+            "8 * 0.0625 = 0.5 -> 0"
+        );
+        assert_eq!(s.adaptive_moves(8, Some(1.0)), 0);
+        assert_eq!(s.adaptive_moves(8, Some(f64::NAN)), 8);
+        // Every other schedule ignores τ.
+        s.schedule = BudgetSchedule::Cubic;
+        assert_eq!(s.adaptive_moves(3, Some(1.0)), 3);
     }
 
     #[test]

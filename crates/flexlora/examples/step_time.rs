@@ -51,6 +51,7 @@ fn main() -> anyhow::Result<()> {
     )?;
     let mut optimiser = step::optimiser_for(&config, &model);
     let mut allocators = Allocators::for_model(&config, &model, total)?;
+    let mut activity = flexlora_core::AllocationActivity::default();
     let plan = StepPlan::new(&config, total);
     let (mut times, mut update_times) = (Vec::new(), Vec::new());
     for i in 0..steps + 5 {
@@ -62,8 +63,8 @@ fn main() -> anyhow::Result<()> {
             &mut optimiser,
             &mut allocators,
             &plan,
-            i as u64 % total,
-            i as i64,
+            (i as u64 % total, i as i64),
+            &mut activity,
         )?;
         if i >= 5 {
             times.push(started.elapsed().as_secs_f64() * 1e3);

@@ -7,7 +7,8 @@ use crate::config::NewDirectionInit;
 use crate::optim::{AdamW, OptimError};
 use crate::sensitivity::SensitivityEma;
 use flexlora_core::{
-    Importance, MatrixRank, RankAllocator, matrix_sensitivity, slot_to_expand, slot_to_prune,
+    ActivityReport, AdjustmentSchedule, AllocationActivity, Importance, MatrixRank, RankAllocator,
+    matrix_sensitivity, slot_to_expand, slot_to_prune,
 };
 use serde::Serialize;
 use thiserror::Error;
@@ -32,16 +33,21 @@ pub struct AllocationPolicy {
 pub struct AllocationRecord {
     /// The optimiser step after which the allocation ran.
     pub step: u64,
-    /// `b(t)`.
+    /// `b(t)`: the moves the schedule allowed at this step.
     pub b: u32,
     /// Every matrix's score, computed once before any change.
     pub scores: Vec<f64>,
+    /// Kendall's τ_b between these scores and the previous adjustment's (`None` at the first):
+    /// how stable the importance ranking is.
+    pub tau: Option<f64>,
     /// `(matrix, slot)` pairs deactivated.
     pub pruned: Vec<(usize, usize)>,
     /// `(matrix, slot)` pairs activated.
     pub expanded: Vec<(usize, usize)>,
     /// Every matrix's rank after the step.
     pub ranks: Vec<usize>,
+    /// How much the allocation has acted in the run so far, this step included.
+    pub activity: ActivityReport,
 }
 
 /// An allocation step that could not be applied (an internal inconsistency, never expected).
@@ -91,13 +97,17 @@ pub enum AllocationError {
 /// `sensitivity` holds the adapters' sensitivity EMAs; it is required for
 /// `importance = "sensitivity"` (and ignored otherwise, except that a changed slot's EMAs are
 /// reset whenever it is given).
+///
+/// `cap` is the schedule's `b(t)` at this step; the `adaptive` schedule lowers it from the
+/// ranking's stability (see [`AdjustmentSchedule::adaptive_moves`]). `activity` is told what
+/// the step did.
 pub fn apply_allocation(
     adapters: &mut [&mut SvdAdapter],
     optimiser: &mut AdamW,
     policy: &AllocationPolicy,
     mut sensitivity: Option<&mut SensitivityEma>,
-    step: u64,
-    b: u32,
+    (step, cap, schedule): (u64, u32, &AdjustmentSchedule),
+    activity: &mut AllocationActivity,
 ) -> Result<AllocationRecord, AllocationError> {
     if optimiser.groups() < adapters.len() {
         return Err(AllocationError::Groups {
@@ -141,12 +151,22 @@ pub fn apply_allocation(
             score,
         })
         .collect();
+    let tau = activity.tau_against_previous(&scores);
+    let b = schedule.adaptive_moves(cap, tau);
     let decision = policy.allocator.decide(&matrices, b as usize);
+    let ranks_before: Vec<usize> = adapters.iter().map(|a| a.rank()).collect();
 
     let mut pruned = Vec::with_capacity(decision.prune.len());
     for &k in &decision.prune {
         let a = &mut *adapters[k];
-        if let Some(slot) = slot_to_prune(&a.lambdas(), a.active()) {
+        // With the exact spectrum the score reads the true singular values; the slot removed
+        // is then the one whose rank-one term has the least energy (see slot_energies).
+        let energies = if policy.exact_spectrum {
+            a.slot_energies()
+        } else {
+            a.lambdas()
+        };
+        if let Some(slot) = slot_to_prune(&energies, a.active()) {
             a.prune(slot)
                 .map_err(|source| AllocationError::Adapter { matrix: k, source })?;
             optimiser
@@ -173,14 +193,46 @@ pub fn apply_allocation(
             expanded.push((k, slot));
         }
     }
+    for (k, a) in adapters.iter_mut().enumerate() {
+        keep_output_across_rank_change(a, optimiser, k, ranks_before[k])?;
+    }
+    let prune_matrices: Vec<usize> = pruned.iter().map(|&(k, _)| k).collect();
+    let expand_matrices: Vec<usize> = expanded.iter().map(|&(k, _)| k).collect();
+    activity.record(&scores, &prune_matrices, &expand_matrices);
     Ok(AllocationRecord {
         step,
         b,
         scores,
+        tau,
         pruned,
         expanded,
         ranks: adapters.iter().map(|a| a.rank()).collect(),
+        activity: activity.report(),
     })
+}
+
+/// Under `scale = "current_rank"` the scale `s = α / r` changes with the rank, which would
+/// rescale every direction the matrix keeps: a pruned matrix's other directions would grow, and
+/// an expansion would not be zero-impact. So `λ` is multiplied by `c = r_after / r_before`
+/// (`s_after · λ_after = s_before · λ_before`), and its AdamW moments by `1/c` and `1/c²`, the
+/// moments of the gradient with respect to the rescaled `λ` (its gradient is the old one over
+/// `c`): the output and the optimiser's next step in output space are unchanged.
+fn keep_output_across_rank_change(
+    adapter: &mut SvdAdapter,
+    optimiser: &mut AdamW,
+    matrix: usize,
+    rank_before: usize,
+) -> Result<(), AllocationError> {
+    let c = adapter.rescale_for_rank_change(rank_before, adapter.rank());
+    if c == 1.0 {
+        return Ok(());
+    }
+    tch::no_grad(|| {
+        let _ = adapter.lambda.g_mul_scalar_(c);
+    });
+    optimiser
+        .rescale_parameter(matrix, &adapter.lambda, c)
+        .map_err(|source| AllocationError::Optimiser { matrix, source })
 }
 
 /// Adds each adapter's `P`, `λ`, `Q` to `optimiser` as one group, in order, so group `k` is

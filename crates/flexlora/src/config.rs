@@ -423,18 +423,56 @@ pub struct ScheduleConfig {
     /// Moves per adjustment at the start.
     #[serde(default = "default_b0")]
     pub b0: u32,
-    /// Warm-up optimiser steps before the first adjustment.
+    /// Warm-up optimiser steps before the first adjustment: a step count, or a fraction of
+    /// the run's `T`.
     #[serde(default)]
-    pub t_init: u64,
-    /// Final optimiser steps with frozen ranks.
+    pub t_init: StepsOrFraction,
+    /// Final optimiser steps with frozen ranks: a step count, or a fraction of `T`.
     #[serde(default)]
-    pub t_final: u64,
+    pub t_final: StepsOrFraction,
     /// Optimiser steps between adjustments.
     #[serde(default = "default_delta_t")]
     pub delta_t: u64,
     /// `k` of the `exp` schedule.
     #[serde(default = "default_exp_rate")]
     pub exp_rate: f64,
+}
+
+/// A span of optimiser steps given as a count (a TOML integer, `t_init = 30`) or as a fraction
+/// of the run's `T` (a TOML float in `[0, 1)`, `t_init = 0.1`), so that one config fits a
+/// 60-step job and a 3,000-step job alike.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum StepsOrFraction {
+    /// Optimiser steps.
+    Steps(u64),
+    /// A fraction of `T`, rounded to the nearest step.
+    Fraction(f64),
+}
+
+impl Default for StepsOrFraction {
+    fn default() -> Self {
+        StepsOrFraction::Steps(0)
+    }
+}
+
+impl StepsOrFraction {
+    /// The span in optimiser steps for a run of `total_steps`.
+    pub fn steps(self, total_steps: u64) -> u64 {
+        match self {
+            StepsOrFraction::Steps(n) => n,
+            StepsOrFraction::Fraction(f) => (f * total_steps as f64).round().max(0.0) as u64,
+        }
+    }
+}
+
+impl std::fmt::Display for StepsOrFraction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StepsOrFraction::Steps(n) => write!(f, "{n}"),
+            StepsOrFraction::Fraction(x) => write!(f, "{x:?}"),
+        }
+    }
 }
 
 /// Learning-rate schedule shape.
@@ -662,8 +700,8 @@ impl Default for ScheduleConfig {
         Self {
             kind: BudgetSchedule::default(),
             b0: default_b0(),
-            t_init: 0,
-            t_final: 0,
+            t_init: StepsOrFraction::default(),
+            t_final: StepsOrFraction::default(),
             delta_t: default_delta_t(),
             exp_rate: default_exp_rate(),
         }
@@ -792,8 +830,8 @@ impl Config {
         AdaLoraBudget {
             initial: self.method.r_init * matrices,
             target: self.method.target_r * matrices,
-            t_init: s.t_init,
-            t_final: s.t_final,
+            t_init: s.t_init.steps(total_steps),
+            t_final: s.t_final.steps(total_steps),
             delta_t: s.delta_t,
             total_steps,
         }
@@ -803,8 +841,8 @@ impl Config {
     pub fn adjustment_schedule(&self, total_steps: u64) -> AdjustmentSchedule {
         let s = &self.schedule;
         AdjustmentSchedule {
-            t_init: s.t_init,
-            t_final: s.t_final,
+            t_init: s.t_init.steps(total_steps),
+            t_final: s.t_final.steps(total_steps),
             delta_t: s.delta_t,
             total_steps,
             b0: s.b0,

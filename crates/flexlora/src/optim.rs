@@ -24,6 +24,9 @@ pub enum OptimError {
     /// A slot reset names a group or slot that does not exist.
     #[error("reset_slot: {0}")]
     Slot(String),
+    /// A rescale names a tensor the optimiser does not hold, or an unusable factor.
+    #[error("rescale_parameter: {0}")]
+    Rescale(String),
 }
 
 /// AdamW hyper-parameters (torch.optim.AdamW's meaning).
@@ -161,6 +164,35 @@ impl AdamW {
             }
             Ok(())
         })
+    }
+
+    /// Records that `param` (a tensor of `group`) was multiplied by `factor` outside the
+    /// optimiser: its first moment is divided by `factor` and its second by `factor²`, the
+    /// moments the rescaled parameter's gradients (the old ones over `factor`) would have had.
+    /// The parameter itself is not touched.
+    pub fn rescale_parameter(
+        &mut self,
+        group: usize,
+        param: &Tensor,
+        factor: f64,
+    ) -> Result<(), OptimError> {
+        if !(factor.is_finite() && factor != 0.0) {
+            return Err(OptimError::Rescale(format!(
+                "rescale by {factor}: not a finite non-zero factor"
+            )));
+        }
+        let state = self
+            .params
+            .iter_mut()
+            .find(|s| s.group == group && s.param.data_ptr() == param.data_ptr())
+            .ok_or_else(|| {
+                OptimError::Rescale(format!("group {group} does not hold the rescaled tensor"))
+            })?;
+        tch::no_grad(|| {
+            let _ = state.exp_avg.g_mul_scalar_(1.0 / factor);
+            let _ = state.exp_avg_sq.g_mul_scalar_(1.0 / (factor * factor));
+        });
+        Ok(())
     }
 
     /// The per-slot step counts of every tensor in `group` (one entry per slot; a tensor

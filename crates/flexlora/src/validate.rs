@@ -113,6 +113,19 @@ pub fn check(config: &Config, origin: &str) -> Result<(), ConfigError> {
             "must be at least 1",
         )?;
     }
+    for (key, span) in [
+        ("schedule.t_init", config.schedule.t_init),
+        ("schedule.t_final", config.schedule.t_final),
+    ] {
+        if let crate::config::StepsOrFraction::Fraction(f) = span {
+            c.require(
+                (0.0..1.0).contains(&f),
+                key,
+                f,
+                "must be a whole number of optimiser steps, or a fraction of the run in [0, 1)",
+            )?;
+        }
+    }
     let a = &config.allocation;
     for (key, beta) in [
         ("allocation.sensitivity_beta1", a.sensitivity_beta1),

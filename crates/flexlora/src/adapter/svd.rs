@@ -277,6 +277,38 @@ impl SvdAdapter {
         })
     }
 
+    /// The energy of every slot's rank-one term, `|λ_i| · ‖p_i‖ · ‖q_i‖` (the Frobenius norm of
+    /// `λ_i p_i q_iᵀ`; 0 for inactive slots). Removing slot `i` changes `ΔW / s` by exactly
+    /// this much, so the slot with the least energy is the one-slot removal closest to
+    /// `P diag(λ) Q`: the slot-level counterpart of dropping the smallest singular value
+    /// (Eckart–Young), which is what [`SvdAdapter::exact_spectrum`] scores. While `P` and `Q`
+    /// are orthonormal it equals `|λ_i|`.
+    pub fn slot_energies(&self) -> Vec<f32> {
+        tch::no_grad(|| {
+            let l = (&self.lambda * &self.mask).to_kind(Kind::Double).abs();
+            let pn = self
+                .p
+                .to_kind(Kind::Double)
+                .norm_scalaropt_dim(2, [0], false);
+            let qn = self
+                .q
+                .to_kind(Kind::Double)
+                .norm_scalaropt_dim(2, [1], false);
+            let e = (l * pn * qn).to_kind(Kind::Float).to_device(Device::Cpu);
+            Vec::<f32>::try_from(&e).unwrap_or_default()
+        })
+    }
+
+    /// The factor by which a rank change from `before` to `after` changes the scale `s`
+    /// (`s_before / s_after`): `after / before` under [`ScalePolicy::CurrentRank`], 1 under the
+    /// policies whose `s` does not follow the rank.
+    pub fn rescale_for_rank_change(&self, before: usize, after: usize) -> f64 {
+        match self.config.scale {
+            ScalePolicy::CurrentRank if before > 0 && after > 0 => after as f64 / before as f64,
+            _ => 1.0,
+        }
+    }
+
     /// `‖P_aᵀP_a − I‖ + ‖Q_aQ_aᵀ − I‖` over the active slots, with the plain (`fro`) or squared
     /// (`fro2`) Frobenius norm. Differentiable; inactive slots get no gradient from it.
     pub fn orth_penalty(&self, norm: OrthNorm) -> Tensor {

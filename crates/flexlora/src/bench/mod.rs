@@ -121,8 +121,8 @@ fn peft_spec(
         "alpha": c.method.alpha,
         "init_r": c.method.r_init,
         "target_r": c.method.target_r,
-        "tinit": c.schedule.t_init,
-        "tfinal": c.schedule.t_final,
+        "tinit": c.schedule.t_init.steps(total),
+        "tfinal": c.schedule.t_final.steps(total),
         "deltaT": c.schedule.delta_t,
         "total_step": total,
         "orth_reg_weight": c.method.orth_reg_weight,
@@ -146,6 +146,7 @@ struct OurStep<'a> {
     optimiser: AdamW,
     allocators: Allocators,
     plan: StepPlan<'a>,
+    activity: flexlora_core::AllocationActivity,
     step: u64,
 }
 
@@ -163,6 +164,7 @@ impl<'a> OurStep<'a> {
             allocators: Allocators::for_model(config, &model, total)?,
             model,
             plan: StepPlan::new(config, total),
+            activity: Default::default(),
             step: 0,
         })
     }
@@ -185,8 +187,8 @@ impl<'a> OurStep<'a> {
                 &mut self.optimiser,
                 &mut self.allocators,
                 &self.plan,
-                self.step % self.plan.total_steps,
-                self.step as i64,
+                (self.step % self.plan.total_steps, self.step as i64),
+                &mut self.activity,
             )?;
             self.step += 1;
             times.push(started.elapsed().as_secs_f64());

@@ -46,6 +46,10 @@ pub struct LmSummary {
     pub eval_seconds: f64,
     /// Seconds of the training time spent in the rank allocators.
     pub allocation_seconds: f64,
+    /// How much FlexLoRA's allocation acted (`null` for other methods); see
+    /// [`crate::train::Summary::allocation`].
+    #[serde(default)]
+    pub allocation: Option<flexlora_core::ActivityReport>,
     /// Wall time of the command.
     pub wall_seconds: f64,
     /// Peak resident memory in MiB.
@@ -242,6 +246,7 @@ pub fn train_lm(config: &Config, opts: &TrainOptions) -> anyhow::Result<LmSummar
     let plan = step::StepPlan::new(config, total_steps);
     let mut state = TrainerState {
         rank_history: vec![(0, allocators.ranks(&model))],
+        allocation_activity: flexlora_core::AllocationActivity::new(&allocators.ranks(&model)),
         ..Default::default()
     };
     run.log_ranks(
@@ -286,8 +291,14 @@ pub fn train_lm(config: &Config, opts: &TrainOptions) -> anyhow::Result<LmSummar
                 &mut optimiser,
                 &mut allocators,
                 &plan,
-                state.step,
-                crate::train::step_seed(tc.seed, (state.step + 1) | crate::train::ALLOCATION_SALT),
+                (
+                    state.step,
+                    crate::train::step_seed(
+                        tc.seed,
+                        (state.step + 1) | crate::train::ALLOCATION_SALT,
+                    ),
+                ),
+                &mut state.allocation_activity,
             )?;
             state.allocation_seconds += update.allocation_seconds;
             state.step += 1;
@@ -343,6 +354,8 @@ pub fn train_lm(config: &Config, opts: &TrainOptions) -> anyhow::Result<LmSummar
         train_seconds: state.train_seconds,
         eval_seconds,
         allocation_seconds: state.allocation_seconds,
+        allocation: (config.method.name == MethodName::Flexlora)
+            .then(|| state.allocation_activity.report()),
         wall_seconds: wall.elapsed().as_secs_f64(),
         peak_rss_mib: crate::train::peak_rss_mib(),
         seed: tc.seed,

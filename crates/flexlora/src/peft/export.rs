@@ -461,7 +461,10 @@ fn adalora_files(
     }
     head_tensors(run, &mut weights);
     let s = &config.schedule;
-    let (tinit, tfinal) = (s.t_init, s.t_final);
+    let (tinit, tfinal) = (
+        s.t_init.steps(total_steps.unwrap_or(0)),
+        s.t_final.steps(total_steps.unwrap_or(0)),
+    );
     // PEFT refuses a schedule without a budgeting phase (`tinit < total_step - tfinal`).
     let total_step = total_steps.unwrap_or(0).max(tinit + tfinal + 1);
     let mut c = common_config(config, run, targets);

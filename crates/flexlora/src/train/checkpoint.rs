@@ -48,6 +48,9 @@ pub struct TrainerState {
     /// The part of `train_seconds` spent in the rank allocators.
     #[serde(default)]
     pub allocation_seconds: f64,
+    /// How much FlexLoRA's allocation has acted so far (moves, churn, ranking stability).
+    #[serde(default)]
+    pub allocation_activity: flexlora_core::AllocationActivity,
 }
 
 const FILES: [&str; 3] = ["model.safetensors", "optimiser.safetensors", "state.json"];

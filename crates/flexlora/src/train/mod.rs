@@ -81,6 +81,12 @@ pub struct Summary {
     /// recorded.
     #[serde(default)]
     pub allocation_seconds: f64,
+    /// How much FlexLoRA's allocation acted: moves, the fraction of the total rank moved,
+    /// matrices that ever changed rank, moves undone at the next adjustment, and the mean and
+    /// last Kendall τ_b of the importance ranking between consecutive adjustments (`null` for
+    /// other methods).
+    #[serde(default)]
+    pub allocation: Option<flexlora_core::ActivityReport>,
     /// Peak resident memory of the process in MiB (`VmHWM`; 0 where the platform has no
     /// `/proc/self/status`, and in runs made before it was recorded).
     #[serde(default)]
@@ -204,6 +210,9 @@ pub fn train(config: &Config, opts: &TrainOptions) -> anyhow::Result<Summary> {
         None => {
             let state = TrainerState {
                 rank_history: vec![(0, allocators.ranks(&model))],
+                allocation_activity: flexlora_core::AllocationActivity::new(
+                    &allocators.ranks(&model),
+                ),
                 ..Default::default()
             };
             run.log_ranks(
@@ -253,8 +262,11 @@ pub fn train(config: &Config, opts: &TrainOptions) -> anyhow::Result<Summary> {
                     &mut optimiser,
                     &mut allocators,
                     &plan,
-                    state.step,
-                    step_seed(tc.seed, (state.step + 1) | ALLOCATION_SALT),
+                    (
+                        state.step,
+                        step_seed(tc.seed, (state.step + 1) | ALLOCATION_SALT),
+                    ),
+                    &mut state.allocation_activity,
                 )
             } else {
                 Err(NonFinite {
@@ -374,6 +386,8 @@ pub fn train(config: &Config, opts: &TrainOptions) -> anyhow::Result<Summary> {
         wall_seconds: wall.elapsed().as_secs_f64(),
         steps_per_second: state.step as f64 / state.train_seconds.max(1e-9),
         allocation_seconds: state.allocation_seconds,
+        allocation: (config.method.name == MethodName::Flexlora)
+            .then(|| state.allocation_activity.report()),
         peak_rss_mib: peak_rss_mib(),
         seed: tc.seed,
     };

@@ -9,7 +9,7 @@ use crate::config::{Config, MethodName};
 use crate::models::ModelInput;
 use crate::optim::{AdamW, AdamWConfig, learning_rate};
 use crate::sensitivity::SensitivityEma;
-use flexlora_core::{AdjustmentSchedule, Importance, RankAllocator};
+use flexlora_core::{AdjustmentSchedule, AllocationActivity, Importance, RankAllocator};
 use std::time::Instant;
 use tch::Tensor;
 
@@ -213,14 +213,14 @@ pub fn accumulate<M: TrainableModel + ?Sized>(
 /// for FlexLoRA the allocation when `step + 1` is an adjustment step. A non-finite gradient
 /// (before the update) or λ (after it) is a [`NonFinite`] error. `step` counts the
 /// optimiser steps made before this one; `allocation_seed` seeds the generator for new
-/// directions.
+/// directions; `activity` is told what each allocation did.
 pub fn apply_update<M: TrainableModel + ?Sized>(
     model: &mut M,
     optimiser: &mut AdamW,
     allocators: &mut Allocators,
     plan: &StepPlan<'_>,
-    step: u64,
-    allocation_seed: i64,
+    (step, allocation_seed): (u64, i64),
+    activity: &mut AllocationActivity,
 ) -> anyhow::Result<Update> {
     let o = &plan.config.optimiser;
     gradient_fault_point(model);
@@ -258,7 +258,7 @@ pub fn apply_update<M: TrainableModel + ?Sized>(
     let done = step + 1;
     let mut allocation = None;
     if plan.config.method.name == MethodName::Flexlora {
-        if let Some(b) = plan.schedule.moves_at(done) {
+        if let Some(cap) = plan.schedule.moves_at(done) {
             let started = Instant::now();
             tch::manual_seed(allocation_seed);
             let mut adapters = model.svd_adapters_mut();
@@ -267,8 +267,8 @@ pub fn apply_update<M: TrainableModel + ?Sized>(
                 optimiser,
                 &plan.policy,
                 allocators.sensitivity.as_mut(),
-                done,
-                b,
+                (done, cap, &plan.schedule),
+                activity,
             )?);
             allocation_seconds += started.elapsed().as_secs_f64();
         }
