@@ -78,6 +78,60 @@ pub struct SchedulePlan {
     pub direction: Option<AllocationDirection>,
     /// `Σ b(t)`: the most prunes (and expansions) the run can make.
     pub max_slot_moves: u64,
+    /// Why ranks cannot move, or can move less than the table suggests (empty when nothing
+    /// stands in the way).
+    pub warnings: Vec<String>,
+}
+
+/// Why a FlexLoRA config's ranks cannot move in a run of `total_steps` steps: every matrix at
+/// the rank-1 floor (nothing to prune), or at `r_max` (nothing to expand), with the direction
+/// that needs it; or no adjustment step with `b(t) > 0`. Also says when `b(t)` is only a cap
+/// (`adaptive`). Empty for other methods and for configs whose ranks can move.
+pub fn movement_warnings(config: &Config, total_steps: u64) -> Vec<String> {
+    if config.method.name != MethodName::Flexlora {
+        return Vec::new();
+    }
+    let (m, direction) = (&config.method, config.allocation.direction);
+    let mut warnings = Vec::new();
+    let prunes = direction != AllocationDirection::ExpandOnly;
+    let expands = direction != AllocationDirection::PruneOnly;
+    if m.r_init <= 1 && prunes {
+        warnings.push(format!(
+            "ranks cannot move: every matrix starts at method.r_init = {}, the floor of one              direction, so none can be pruned{}; give the budget room, e.g. method.r_init = 2              (same total for every matrix, any one can then lose a direction)",
+            m.r_init,
+            if expands {
+                ", and with allocation.direction = \"both\" every expansion needs a prune"
+            } else {
+                ""
+            }
+        ));
+    }
+    if m.r_init >= m.r_max && expands {
+        warnings.push(format!(
+            "ranks cannot move: every matrix starts at method.r_max = {}, so none can gain a              direction{}; raise method.r_max above method.r_init",
+            m.r_max,
+            if prunes {
+                ", and with allocation.direction = \"both\" every prune needs an expansion"
+            } else {
+                ""
+            }
+        ));
+    }
+    let schedule = config.adjustment_schedule(total_steps);
+    if schedule.validate().is_ok() && schedule.adjustment_steps().next().is_none() {
+        warnings.push(format!(
+            "ranks cannot move: no adjustment step has b(t) > 0 in T = {total_steps} steps              (schedule.b0 = {}, kind {}); raise schedule.b0 or widen the window",
+            schedule.b0,
+            schedule.schedule.name()
+        ));
+    }
+    if schedule.schedule == flexlora_core::BudgetSchedule::Adaptive {
+        warnings.push(
+            "schedule.kind = \"adaptive\": the b(t) listed is a cap; at run time each              adjustment moves b0 * (1 - max(tau, 0)), tau the rank correlation of the              importance scores with the previous adjustment's (ranks.jsonl records both)"
+                .to_string(),
+        );
+    }
+    warnings
 }
 
 impl SchedulePlan {
@@ -137,6 +191,7 @@ impl SchedulePlan {
             adjustments: Vec::new(),
             direction: None,
             max_slot_moves: 0,
+            warnings: movement_warnings(config, total_steps),
         };
         match config.method.name {
             MethodName::Flexlora => {
@@ -236,6 +291,9 @@ impl SchedulePlan {
             self.adjustments.len(),
             self.max_slot_moves
         );
+        for w in &self.warnings {
+            let _ = writeln!(out, "warning: {w}");
+        }
         out
     }
 }

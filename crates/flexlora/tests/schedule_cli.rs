@@ -245,5 +245,71 @@ fn paper_recipes_dry_run() {
             let s = a["step"].as_u64().unwrap();
             assert!(s > value("t_init") as u64 && s < freeze, "{path}: step {s}");
         }
+        // The budget leaves the allocation room to act: no warning that ranks cannot move.
+        assert_eq!(plan["warnings"], serde_json::json!([]), "{path}");
+        // AdaLoRA's final budget, rank 1 everywhere, would be frozen, and is said to be.
+        let frozen = json(&[
+            "--config",
+            &path,
+            "--train-examples",
+            &train.to_string(),
+            "--set",
+            "method.r_init=1",
+        ]);
+        let warnings = frozen["warnings"].as_array().unwrap();
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.as_str().unwrap().contains("ranks cannot move")),
+            "{path}: {warnings:?}"
+        );
     }
+}
+
+/// The warnings of `flexlora schedule` name what keeps ranks from moving: every matrix at
+/// r_max with both directions on, and no adjustment step with b(t) > 0; a schedule given as
+/// fractions of T resolves to steps.
+#[test]
+fn schedule_warns_when_ranks_cannot_move_and_takes_fractions() {
+    let full = json(&[
+        "--config",
+        "configs/default.toml",
+        "--set",
+        "training.max_steps=200",
+        "--set",
+        "method.r_max=8",
+    ]);
+    let w = full["warnings"].as_array().unwrap();
+    assert!(
+        w.iter()
+            .any(|w| w.as_str().unwrap().contains("method.r_max = 8")),
+        "{w:?}"
+    );
+    let fractions = json(&[
+        "--config",
+        "configs/default.toml",
+        "--set",
+        "training.max_steps=200",
+        "--set",
+        "schedule.t_init=0.1",
+        "--set",
+        "schedule.t_final=0.25",
+    ]);
+    assert_eq!(fractions["t_init"], 20);
+    assert_eq!(fractions["t_final"], 50);
+    assert_eq!(fractions["freeze_step"], 150);
+    assert_eq!(fractions["warnings"], serde_json::json!([]));
+    let out = flexlora(&[
+        "schedule",
+        "--config",
+        "configs/default.toml",
+        "--set",
+        "schedule.t_init=1.5",
+    ]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("schedule.t_init") && err.contains("[0, 1)"),
+        "{err}"
+    );
 }

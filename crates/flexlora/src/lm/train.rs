@@ -227,6 +227,11 @@ pub fn train_lm(config: &Config, opts: &TrainOptions) -> anyhow::Result<LmSummar
     let origin = opts.output.join("config.toml").display().to_string();
     if config.method.name == MethodName::Flexlora {
         crate::validate::schedule(config, total_steps, &origin)?;
+        if !opts.quiet {
+            for w in crate::plan::movement_warnings(config, total_steps) {
+                eprintln!("warning: {w}");
+            }
+        }
     }
     if config.method.name == MethodName::Adalora {
         crate::validate::adalora_schedule(config, total_steps, &origin)?;

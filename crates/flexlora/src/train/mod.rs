@@ -162,6 +162,11 @@ pub fn train(config: &Config, opts: &TrainOptions) -> anyhow::Result<Summary> {
     let total_steps = config.total_steps(n_train as u64);
     if config.method.name == MethodName::Flexlora {
         crate::validate::schedule(config, total_steps, &run.config_origin())?;
+        if !opts.quiet {
+            for w in crate::plan::movement_warnings(config, total_steps) {
+                eprintln!("warning: {w}");
+            }
+        }
     }
     if config.method.name == MethodName::Adalora {
         crate::validate::adalora_schedule(config, total_steps, &run.config_origin())?;
