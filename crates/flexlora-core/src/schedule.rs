@@ -102,7 +102,8 @@ pub struct AdjustmentSchedule {
 
 impl AdjustmentSchedule {
     /// Checks that the schedule is possible: `t_init + t_final < T` (else there is no window),
-    /// `ΔT ≥ 1`, `b0 ≥ 1`, and a finite positive `exp_rate`.
+    /// `ΔT ≥ 1`, and a finite positive `exp_rate`. `b0 = 0` is allowed: no step moves ranks
+    /// (the SVD form with fixed ranks, the control that isolates what allocation adds).
     pub fn validate(&self) -> Result<(), ScheduleError> {
         if self.total_steps == 0 {
             return Err(ScheduleError {
@@ -142,14 +143,6 @@ impl AdjustmentSchedule {
                     self.t_final,
                     frozen_from
                 ),
-            });
-        }
-        if self.b0 == 0 {
-            return Err(ScheduleError {
-                field: "b0",
-                message: "must be at least 1 while rank allocation is on (set the method to \
-                          `lora` for fixed ranks)"
-                    .into(),
             });
         }
         if !(self.exp_rate.is_finite() && self.exp_rate > 0.0) {
@@ -342,7 +335,9 @@ mod tests {
             sched(0, 0, 0, 100, 4).validate().unwrap_err().field,
             "delta_t"
         );
-        assert_eq!(sched(0, 0, 1, 100, 0).validate().unwrap_err().field, "b0");
+        // b0 = 0 is the control: the SVD form with fixed ranks, no step adjusts.
+        assert!(sched(0, 0, 1, 100, 0).validate().is_ok());
+        assert_eq!(sched(0, 0, 1, 100, 0).adjustment_steps().count(), 0);
         assert_eq!(
             sched(0, 0, 1, 0, 1).validate().unwrap_err().field,
             "total_steps"

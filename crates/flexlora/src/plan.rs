@@ -118,7 +118,13 @@ pub fn movement_warnings(config: &Config, total_steps: u64) -> Vec<String> {
         ));
     }
     let schedule = config.adjustment_schedule(total_steps);
-    if schedule.validate().is_ok() && schedule.adjustment_steps().next().is_none() {
+    if schedule.b0 == 0 {
+        warnings.push(
+            "schedule.b0 = 0: no allocation; this is the SVD form with fixed ranks (the \
+             control that isolates what the allocation adds)"
+                .to_string(),
+        );
+    } else if schedule.validate().is_ok() && schedule.adjustment_steps().next().is_none() {
         warnings.push(format!(
             "ranks cannot move: no adjustment step has b(t) > 0 in T = {total_steps} steps              (schedule.b0 = {}, kind {}); raise schedule.b0 or widen the window",
             schedule.b0,

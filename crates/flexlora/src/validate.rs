@@ -84,8 +84,6 @@ pub fn check(config: &Config, origin: &str) -> Result<(), ConfigError> {
             "must be a finite number > 0",
         )?;
         let s = &config.schedule;
-        c.require(s.b0 >= 1, "schedule.b0", s.b0,
-            "must be at least 1 while rank allocation is on (use method.name = \"lora\" for fixed ranks)")?;
         c.require(
             s.delta_t >= 1,
             "schedule.delta_t",

@@ -136,10 +136,6 @@ fn bad_configs_are_clear_errors() {
             &["`method.r_max` = 4", "at least method.r_init (8)"],
         ),
         (
-            &["--set", "schedule.b0=0"],
-            &["`schedule.b0` = 0", "at least 1"],
-        ),
-        (
             &["--set", "schedule.delta_t=-5"],
             &["`schedule.delta_t`", "invalid value: integer `-5`"],
         ),
@@ -283,6 +279,17 @@ fn schedule_warns_when_ranks_cannot_move_and_takes_fractions() {
     assert!(
         w.iter()
             .any(|w| w.as_str().unwrap().contains("method.r_max = 8")),
+        "{w:?}"
+    );
+    // b0 = 0 is the control (SVD form, fixed ranks): allowed, and said to be.
+    let control = json(&["--config", "configs/default.toml", "--set", "schedule.b0=0"]);
+    assert_eq!(control["adjustments"], serde_json::json!([]));
+    let w = control["warnings"].as_array().unwrap();
+    assert!(
+        w.iter().any(|w| w
+            .as_str()
+            .unwrap()
+            .contains("schedule.b0 = 0: no allocation")),
         "{w:?}"
     );
     let fractions = json(&[

@@ -46,6 +46,8 @@ pub const NAMES: &[&str] = &[
     "linear",
     "exp",
     "constant",
+    "adaptive",
+    "svd_fixed",
 ];
 
 /// The method called `name`, built on `base` (whose `method.r_init` sets the budget).
@@ -105,7 +107,11 @@ pub fn variant(name: &str, base: &Config) -> Option<Variant> {
                 &set("allocation.new_direction_init", &format!("\"{init}\"")),
             )
         }
-        "cubic_ref" | "linear" | "exp" | "constant" => flex(
+        "svd_fixed" => flex(
+            "the control: FlexLoRA's SVD form and regulariser with no allocation (b = 0)",
+            &set("schedule.b0", "0"),
+        ),
+        "cubic_ref" | "linear" | "exp" | "constant" | "adaptive" => flex(
             &format!("FlexLoRA with the {name} schedule of b(t)"),
             &set("schedule.kind", &format!("\"{name}\"")),
         ),
