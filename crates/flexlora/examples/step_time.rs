@@ -65,6 +65,7 @@ fn main() -> anyhow::Result<()> {
             &plan,
             (i as u64 % total, i as i64),
             &mut activity,
+            None,
         )?;
         if i >= 5 {
             times.push(started.elapsed().as_secs_f64() * 1e3);

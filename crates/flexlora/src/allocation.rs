@@ -48,6 +48,11 @@ pub struct AllocationRecord {
     pub ranks: Vec<usize>,
     /// How much the allocation has acted in the run so far, this step included.
     pub activity: ActivityReport,
+    /// The loss on the step's first micro-batch just after the allocation minus just before
+    /// it (`allocation.measure_impact`; absent otherwise): what the prunes and the new
+    /// directions' initialisation did to the model's output.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loss_change: Option<f64>,
 }
 
 /// An allocation step that could not be applied (an internal inconsistency, never expected).
@@ -208,6 +213,7 @@ pub fn apply_allocation(
         expanded,
         ranks: adapters.iter().map(|a| a.rank()).collect(),
         activity: activity.report(),
+        loss_change: None,
     })
 }
 

@@ -405,6 +405,11 @@ pub struct AllocationConfig {
     /// Standard deviation of a new direction's P column and Q row (the reference uses 1).
     #[serde(default = "default_new_direction_std")]
     pub new_direction_std: f64,
+    /// Measure each adjustment's effect on the loss: the step's first micro-batch is scored
+    /// (without dropout) just before and just after the allocation, and the difference is
+    /// written to `ranks.jsonl` as `loss_change` (two extra forward passes per adjustment).
+    #[serde(default)]
+    pub measure_impact: bool,
     /// AdaLoRA: EMA factor `β1` of the sensitivity `|p · ∂L/∂p|` (PEFT's `beta1`, 0.85).
     #[serde(default = "default_sensitivity_beta")]
     pub sensitivity_beta1: f64,
@@ -689,6 +694,7 @@ impl Default for AllocationConfig {
             direction: AllocationDirection::default(),
             new_direction_init: NewDirectionInit::default(),
             new_direction_std: default_new_direction_std(),
+            measure_impact: false,
             sensitivity_beta1: default_sensitivity_beta(),
             sensitivity_beta2: default_sensitivity_beta(),
         }

@@ -91,7 +91,8 @@ fn every_method_trains_through_the_runner_and_the_table_is_the_runs_numbers() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("ablation");
     let methods = "flexlora,adalora,lora,full,nuclear,frobenius,sensitivity,exact_spectrum,\
-                   prune_only,expand_only,small_init,orthogonal_init,cubic_ref,linear,exp,constant";
+                   prune_only,expand_only,small_init,orthogonal_init,cubic_ref,linear,exp,constant,\
+                   adaptive,svd_fixed";
     let mut args = ablate_args(dir.path(), &out, methods, 1);
     args.extend(["--jobs".into(), "2".into()]);
     let o = flexlora(&args);
@@ -101,7 +102,7 @@ fn every_method_trains_through_the_runner_and_the_table_is_the_runs_numbers() {
         assert!(out.join(f).exists(), "{f} missing");
     }
     let rows = csv_rows(&out.join("ablation.csv"));
-    assert_eq!(rows.len(), 16, "one row per method");
+    assert_eq!(rows.len(), 18, "one row per method");
     for row in &rows {
         let method = &row["method"];
         let run = out.join(format!("runs/{method}-lr1e-2-seed0"));
@@ -128,6 +129,25 @@ fn every_method_trains_through_the_runner_and_the_table_is_the_runs_numbers() {
     assert!(rank("expand_only").as_u64().unwrap() > 72);
     // AdaLoRA starts at round(1.5 · 2) = 3 and ends at the same average rank 2.
     assert_eq!(rank("adalora"), 72);
+    // Every FlexLoRA run reports how much its allocation acted; the b = 0 control never moves,
+    // and other methods report nothing.
+    let activity =
+        |m: &str| summary(&out.join(format!("runs/{m}-lr1e-2-seed0")))["allocation"].clone();
+    assert_eq!(activity("svd_fixed")["moves"], 0);
+    assert_eq!(activity("svd_fixed")["adjustments"], 0);
+    assert_eq!(activity("svd_fixed")["matrices"], 36);
+    assert!(activity("lora").is_null());
+    let flex = activity("flexlora");
+    let moves = flex["moves"].as_u64().unwrap();
+    assert!(moves > 0, "{flex}");
+    assert_eq!(
+        flex["moved_fraction"].as_f64().unwrap(),
+        moves as f64 / 72.0
+    );
+    assert!(flex["matrices_changed"].as_u64().unwrap() >= 2);
+    // The running figures of the last ranks.jsonl line are the summary's.
+    let lines = common::jsonl(&out.join("runs/flexlora-lr1e-2-seed0/ranks.jsonl"));
+    assert_eq!(lines.last().unwrap()["activity"], flex);
     // The sensitivity ablation scored matrices by gradients (not all zero) and moved ranks.
     let ranks = common::jsonl(&out.join("runs/sensitivity-lr1e-2-seed0/ranks.jsonl"));
     let moved = ranks

@@ -189,6 +189,7 @@ impl<'a> OurStep<'a> {
                 &self.plan,
                 (self.step % self.plan.total_steps, self.step as i64),
                 &mut self.activity,
+                None,
             )?;
             self.step += 1;
             times.push(started.elapsed().as_secs_f64());

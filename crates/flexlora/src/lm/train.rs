@@ -134,8 +134,12 @@ fn batch(seqs: &[&Sequence], pad: i64, device: Device) -> (Tensor, Tensor, Tenso
 }
 
 /// Mean cross-entropy of the answer tokens of a micro-batch.
-fn answer_loss(model: &LmModel, input: &Tensor, positions: &Tensor, targets: &Tensor) -> Tensor {
-    let hidden = model.model.forward(input, None, None, true);
+fn answer_loss(
+    model: &LmModel,
+    (input, positions, targets): (&Tensor, &Tensor, &Tensor),
+    train: bool,
+) -> Tensor {
+    let hidden = model.model.forward(input, None, None, train);
     let h = hidden
         .reshape([-1, hidden.size()[2]])
         .index_select(0, positions);
@@ -282,7 +286,7 @@ pub fn train_lm(config: &Config, opts: &TrainOptions) -> anyhow::Result<LmSummar
                 .collect();
             let step_loss = step::accumulate(&model, config, micro_batches.len(), |k| {
                 let (input, positions, targets) = &micro_batches[k];
-                answer_loss(&model, input, positions, targets)
+                answer_loss(&model, (input, positions, targets), true)
             });
             if !step_loss.is_finite() {
                 bail!(
@@ -304,6 +308,10 @@ pub fn train_lm(config: &Config, opts: &TrainOptions) -> anyhow::Result<LmSummar
                     ),
                 ),
                 &mut state.allocation_activity,
+                Some(&|m: &LmModel| {
+                    let (input, positions, targets) = &micro_batches[0];
+                    answer_loss(m, (input, positions, targets), false).double_value(&[])
+                }),
             )?;
             state.allocation_seconds += update.allocation_seconds;
             state.step += 1;

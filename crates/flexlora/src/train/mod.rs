@@ -272,6 +272,10 @@ pub fn train(config: &Config, opts: &TrainOptions) -> anyhow::Result<Summary> {
                         step_seed(tc.seed, (state.step + 1) | ALLOCATION_SALT),
                     ),
                     &mut state.allocation_activity,
+                    Some(&|m: &TaskModel| {
+                        let (input, labels) = &micro_batches[0];
+                        m.loss(input, labels, false).0.double_value(&[])
+                    }),
                 )
             } else {
                 Err(NonFinite {

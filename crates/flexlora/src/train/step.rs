@@ -213,7 +213,9 @@ pub fn accumulate<M: TrainableModel + ?Sized>(
 /// for FlexLoRA the allocation when `step + 1` is an adjustment step. A non-finite gradient
 /// (before the update) or λ (after it) is a [`NonFinite`] error. `step` counts the
 /// optimiser steps made before this one; `allocation_seed` seeds the generator for new
-/// directions; `activity` is told what each allocation did.
+/// directions; `activity` is told what each allocation did. With
+/// `allocation.measure_impact`, `probe` scores the model (a loss, no gradients) just before and
+/// just after an allocation, and the record carries the difference.
 pub fn apply_update<M: TrainableModel + ?Sized>(
     model: &mut M,
     optimiser: &mut AdamW,
@@ -221,6 +223,7 @@ pub fn apply_update<M: TrainableModel + ?Sized>(
     plan: &StepPlan<'_>,
     (step, allocation_seed): (u64, i64),
     activity: &mut AllocationActivity,
+    probe: Option<&dyn Fn(&M) -> f64>,
 ) -> anyhow::Result<Update> {
     let o = &plan.config.optimiser;
     gradient_fault_point(model);
@@ -259,18 +262,24 @@ pub fn apply_update<M: TrainableModel + ?Sized>(
     let mut allocation = None;
     if plan.config.method.name == MethodName::Flexlora {
         if let Some(cap) = plan.schedule.moves_at(done) {
+            let probe = probe.filter(|_| plan.config.allocation.measure_impact);
+            let before = probe.map(|p| tch::no_grad(|| p(model)));
             let started = Instant::now();
             tch::manual_seed(allocation_seed);
             let mut adapters = model.svd_adapters_mut();
-            allocation = Some(apply_allocation(
+            let mut record = apply_allocation(
                 &mut adapters,
                 optimiser,
                 &plan.policy,
                 allocators.sensitivity.as_mut(),
                 (done, cap, &plan.schedule),
                 activity,
-            )?);
+            )?;
             allocation_seconds += started.elapsed().as_secs_f64();
+            if let (Some(p), Some(before)) = (probe, before) {
+                record.loss_change = Some(tch::no_grad(|| p(model)) - before);
+            }
+            allocation = Some(record);
         }
     }
     Ok(Update {
