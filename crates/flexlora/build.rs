@@ -1,5 +1,5 @@
 //! Links binaries and tests of this crate so they find LibTorch at run time without
-//! LD_LIBRARY_PATH (ARCHITECTURE.md: an rpath per linking package), and keeps
+//! LD_LIBRARY_PATH (docs/architecture.md: an rpath per linking package), and keeps
 //! `libtorch_cuda.so` linked so CUDA is visible on a GPU machine even though no symbol of it is
 //! referenced directly (tch-rs issues 980 and 1015).
 

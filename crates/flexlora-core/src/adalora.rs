@@ -1,4 +1,4 @@
-//! AdaLoRA's budget logic as Hugging Face PEFT implements it (METHOD.md §5), without tensors.
+//! AdaLoRA's budget logic as Hugging Face PEFT implements it (docs/method.md §5), without tensors.
 //!
 //! The gradient-based triplet scores (EMA sensitivity times EMA uncertainty) are tensor work
 //! and live with the adapters; what is here decides, from those scores, how many triplets keep

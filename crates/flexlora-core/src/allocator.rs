@@ -1,4 +1,4 @@
-//! Bidirectional rank allocation under a fixed global budget (METHOD.md §3 and §4).
+//! Bidirectional rank allocation under a fixed global budget (docs/method.md §3 and §4).
 //!
 //! At an adjustment step with `b = b(t) > 0`, every adapted matrix `k` has been scored once
 //! (see [`crate::importance`]). The allocator then
@@ -124,7 +124,7 @@ fn by_score(m: &[MatrixRank], a: usize, b: usize) -> Ordering {
 
 /// The slot to deactivate when a matrix is pruned: the active slot with the smallest `|λ|`
 /// (least energy), ties to the lowest slot index. The reference takes `argmin(λ)` over signed
-/// values, which removes a large negative direction; METHOD.md §3 fixes that. A NaN `λ` counts
+/// values, which removes a large negative direction; docs/method.md §3 fixes that. A NaN `λ` counts
 /// as the largest magnitude, so it is never preferred. `None` when no slot is active.
 pub fn slot_to_prune(lambdas: &[f32], active: &[bool]) -> Option<usize> {
     let magnitude = |i: usize| {

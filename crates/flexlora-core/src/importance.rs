@@ -1,4 +1,4 @@
-//! Importance of one adapted matrix, from its active singular values (METHOD.md §2).
+//! Importance of one adapted matrix, from its active singular values (docs/method.md §2).
 //!
 //! Every metric here sees only the active `λ` values of one matrix (inactive slots are left
 //! out by the caller) and returns a finite `f64`: never NaN, never infinite. A metric that
@@ -112,7 +112,7 @@ fn finite_or_zero(x: f64) -> f64 {
     if x.is_finite() { x } else { 0.0 }
 }
 
-/// AdaLoRA's sensitivity summed up per matrix (the `"sensitivity"` ablation, METHOD.md §2):
+/// AdaLoRA's sensitivity summed up per matrix (the `"sensitivity"` ablation, docs/method.md §2):
 /// the mean triplet score over the active slots,
 /// `I_k = (1 / r_k) · Σ_{i active} S_i` with `S_i = s(λ_i) + mean_j s(Q_ij) + mean_o s(P_oi)`
 /// (computed by the tensor code, which holds the gradients).

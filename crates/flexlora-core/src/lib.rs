@@ -1,7 +1,7 @@
 //! The FlexLoRA method with no tensor code: everything here is plain Rust over `&[f32]` and
-//! `f64`, so it compiles in seconds and reads like `METHOD.md`.
+//! `f64`, so it compiles in seconds and reads like `docs/method.md`.
 //!
-//! | module | METHOD.md | what it decides |
+//! | module | docs/method.md | what it decides |
 //! | --- | --- | --- |
 //! | [`importance`] | §2 | how important one adapted matrix is, from its active singular values |
 //! | [`schedule`] | §3 | at which optimiser steps ranks move, and how many (`b(t)`) |

@@ -1,4 +1,4 @@
-//! When ranks move and how many move (METHOD.md §3).
+//! When ranks move and how many move (docs/method.md §3).
 //!
 //! `t` counts optimiser steps, never micro-batches: the allocation hook runs after optimiser
 //! step `t` (`t = 1` after the first update), whatever the gradient accumulation.

@@ -1,4 +1,4 @@
-//! AdaLoRA on the SVD adapters, as Hugging Face PEFT 0.21.2 implements it (METHOD.md §5):
+//! AdaLoRA on the SVD adapters, as Hugging Face PEFT 0.21.2 implements it (docs/method.md §5):
 //! the tensor half of PEFT's `RankAllocator` (sensitivity EMAs, triplet scores, masking); the
 //! budget and the choice of triplets come from [`flexlora_core::adalora`].
 //!

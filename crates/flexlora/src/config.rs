@@ -311,7 +311,7 @@ impl MethodName {
     }
 }
 
-/// Which orthogonality penalty (METHOD.md §1).
+/// Which orthogonality penalty (docs/method.md §1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OrthNorm {
@@ -373,7 +373,7 @@ pub struct MethodConfig {
     pub scale: ScalePolicy,
 }
 
-/// Initialisation of a newly added direction (METHOD.md §4).
+/// Initialisation of a newly added direction (docs/method.md §4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum NewDirectionInit {
@@ -418,7 +418,7 @@ pub struct AllocationConfig {
     pub sensitivity_beta2: f64,
 }
 
-/// `[schedule]`: the adjustment steps and `b(t)` (METHOD.md §3).
+/// `[schedule]`: the adjustment steps and `b(t)` (docs/method.md §3).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ScheduleConfig {

@@ -78,7 +78,7 @@ mod tests {
         if !tch::Cuda::is_available() {
             let e = parse_device("cuda").unwrap_err().to_string();
             assert!(e.contains("no CUDA GPU is usable here: "), "{e}");
-            // This build links LibTorch's CUDA library (ARCHITECTURE.md), so the reason is the
+            // This build links LibTorch's CUDA library (docs/architecture.md), so the reason is the
             // missing driver or GPU, not the build.
             assert!(!e.contains("no CUDA support"), "{e}");
             assert_eq!(parse_device("auto").unwrap(), Device::Cpu);

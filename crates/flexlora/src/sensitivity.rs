@@ -1,4 +1,4 @@
-//! AdaLoRA's smoothed gradient sensitivity of every `P`, `λ`, `Q` entry (METHOD.md §5), shared
+//! AdaLoRA's smoothed gradient sensitivity of every `P`, `λ`, `Q` entry (docs/method.md §5), shared
 //! by AdaLoRA's masking ([`crate::adalora`]) and FlexLoRA's `importance = "sensitivity"`
 //! ablation, which sums it up per matrix ([`flexlora_core::matrix_sensitivity`]).
 //!

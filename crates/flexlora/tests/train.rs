@@ -337,3 +337,54 @@ fn bad_inputs_are_clear_errors() {
     ]);
     assert!(String::from_utf8_lossy(&r.stderr).contains("no run there"));
 }
+
+/// `allocation.measure_impact` scores the step's first micro-batch just before and after each
+/// adjustment. Zero-impact initialisation with only expansions (nothing pruned) leaves the loss
+/// exactly as it was; `small` initialisation (λ ≠ 0) changes it; without the setting nothing is
+/// measured. The run's summary reports the allocation's activity.
+#[test]
+fn measured_impact_of_adjustments_is_zero_for_zero_init_expansions() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = slice(dir.path());
+    let run = |name: &str, sets: &[&str]| {
+        let out = dir.path().join(name);
+        let mut args = base_args(&data, &out);
+        for s in sets {
+            args.extend(["--set".into(), (*s).into()]);
+        }
+        let o = flexlora(&args);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let adjustments: Vec<serde_json::Value> = lines(&out.join("ranks.jsonl"))
+            .into_iter()
+            .filter(|l| l.get("initial").is_none())
+            .collect();
+        assert!(!adjustments.is_empty(), "{name}: no adjustment");
+        (out, adjustments)
+    };
+    let expand_only = "allocation.direction=\"expand_only\"";
+    let (_, zero) = run("zero", &["allocation.measure_impact=true", expand_only]);
+    for a in &zero {
+        assert_eq!(a["loss_change"], 0.0, "zero-impact expansion moved the loss: {a}");
+        assert!(!a["expanded"].as_array().unwrap().is_empty(), "{a}");
+    }
+    let (_, small) = run(
+        "small",
+        &[
+            "allocation.measure_impact=true",
+            expand_only,
+            "allocation.new_direction_init=\"small\"",
+        ],
+    );
+    assert!(
+        small.iter().any(|a| a["loss_change"].as_f64().unwrap() != 0.0),
+        "small init never changed the loss: {small:?}"
+    );
+    let (out, plain) = run("plain", &[]);
+    assert!(plain.iter().all(|a| a.get("loss_change").is_none()));
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("summary.json")).unwrap()).unwrap();
+    let activity = &summary["allocation"];
+    assert_eq!(activity["adjustments"], plain.len());
+    assert_eq!(activity, &plain.last().unwrap()["activity"]);
+    assert!(activity["moves"].as_u64().unwrap() > 0, "{activity}");
+}

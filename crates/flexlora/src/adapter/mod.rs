@@ -178,7 +178,7 @@ impl AdaptedLinear {
     }
 }
 
-/// The orthogonality regulariser over all SVD adapters (METHOD.md §1), a mean over the `2K`
+/// The orthogonality regulariser over all SVD adapters (docs/method.md §1), a mean over the `2K`
 /// factors as the reference computes it: `R = γ / (2K) · Σ_k (‖P_kᵀP_k − I‖ + ‖Q_kQ_kᵀ − I‖)`,
 /// active slots only. `None` when there is no adapter.
 pub fn orthogonality_regulariser<'a>(

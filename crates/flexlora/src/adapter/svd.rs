@@ -1,5 +1,5 @@
 //! `SvdAdapter`: the SVD-form update `ΔW = s · P diag(λ) Q` in fixed-capacity rank slots
-//! (METHOD.md §1 and §4, ARCHITECTURE.md "Ranks change without reallocating").
+//! (docs/method.md §1 and §4, docs/architecture.md "Ranks change without reallocating").
 
 use super::AdapterError;
 use crate::config::{NewDirectionInit, OrthNorm, ScalePolicy};
@@ -76,7 +76,7 @@ pub struct SvdAdapter {
 }
 
 impl SvdAdapter {
-    /// A new adapter in METHOD.md's initial state: `λ = 0`, `P, Q ~ N(0, init_std²)`, the first
+    /// A new adapter in docs/method.md's initial state: `λ = 0`, `P, Q ~ N(0, init_std²)`, the first
     /// `r_init` slots active, so `ΔW = 0`. Draws from LibTorch's global generator
     /// (`tch::manual_seed`).
     pub fn new(
@@ -340,7 +340,7 @@ impl SvdAdapter {
         Ok(())
     }
 
-    /// Activates the free `slot` with the chosen initialisation (METHOD.md §4):
+    /// Activates the free `slot` with the chosen initialisation (docs/method.md §4):
     /// - `zero`: `λ = 0`, P column and Q row `~ N(0, std²)`: the output is unchanged;
     /// - `small`: as `zero` but `λ ~ N(0, (std/10)²)`: a small change;
     /// - `orthogonal`: as `zero`, with the new P column and Q row orthogonalised against the

@@ -1,4 +1,4 @@
-//! Hugging Face PEFT interoperability: export, import and merge (METHOD.md §7).
+//! Hugging Face PEFT interoperability: export, import and merge (docs/method.md §7).
 //!
 //! A PEFT adapter folder holds `adapter_config.json` and `adapter_model.safetensors`. This
 //! module writes and reads the two kinds that express our adapters, as PEFT 0.21.2 does:
@@ -11,7 +11,7 @@
 //! **Export** ([`export_run`]): an SVD adapter (`flexlora`, and `adalora` once it trains)
 //! exports as `LORA` with `lora_A = Q`, `lora_B = P diag(λ) s` over the active slots and
 //! `rank_pattern = alpha_pattern = ` each module's final rank, so PEFT's `α / r` is exactly 1
-//! (ranks above the config's `r` load: METHOD.md §7). A `lora` run exports its `A`, `B` and
+//! (ranks above the config's `r` load: docs/method.md §7). A `lora` run exports its `A`, `B` and
 //! `α` unchanged. `--format peft-adalora` writes an SVD adapter as `ADALORA` faithfully:
 //! `init_r` is the slot count `r_max`, each module's `rank_pattern` is its mask of kept slots
 //! (PEFT resizes every module to its own rank at load and keeps `ranknum = init_r`), and

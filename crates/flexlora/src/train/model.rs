@@ -10,7 +10,7 @@ use anyhow::Context;
 use std::collections::HashMap;
 use tch::{Device, Kind, Tensor};
 
-/// Standard deviation of the initial `P` and `Q` entries (AdaLoRA and FlexLoRA, METHOD.md §1).
+/// Standard deviation of the initial `P` and `Q` entries (AdaLoRA and FlexLoRA, docs/method.md §1).
 pub const SVD_INIT_STD: f64 = 0.02;
 
 /// Injects `config`'s adapters (FlexLoRA, AdaLoRA or LoRA, by `method.name`) into the
