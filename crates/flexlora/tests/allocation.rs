@@ -327,7 +327,7 @@ fn rank_changes_keep_the_output_under_every_scale_policy() {
 #[test]
 fn exact_spectrum_prunes_the_least_energy_slot() {
     tch::manual_seed(32);
-    let mut concentrated = adapter(&[3.0, 0.05, 0.04]);
+    let concentrated = adapter(&[3.0, 0.05, 0.04]);
     tch::no_grad(|| {
         let _ = concentrated.p.narrow(1, 1, 1).g_mul_scalar_(0.1);
         let _ = concentrated.p.narrow(1, 2, 1).g_mul_scalar_(10.0);
