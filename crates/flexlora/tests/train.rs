@@ -364,7 +364,10 @@ fn measured_impact_of_adjustments_is_zero_for_zero_init_expansions() {
     let expand_only = "allocation.direction=\"expand_only\"";
     let (_, zero) = run("zero", &["allocation.measure_impact=true", expand_only]);
     for a in &zero {
-        assert_eq!(a["loss_change"], 0.0, "zero-impact expansion moved the loss: {a}");
+        assert_eq!(
+            a["loss_change"], 0.0,
+            "zero-impact expansion moved the loss: {a}"
+        );
         assert!(!a["expanded"].as_array().unwrap().is_empty(), "{a}");
     }
     let (_, small) = run(
@@ -376,7 +379,9 @@ fn measured_impact_of_adjustments_is_zero_for_zero_init_expansions() {
         ],
     );
     assert!(
-        small.iter().any(|a| a["loss_change"].as_f64().unwrap() != 0.0),
+        small
+            .iter()
+            .any(|a| a["loss_change"].as_f64().unwrap() != 0.0),
         "small init never changed the loss: {small:?}"
     );
     let (out, plain) = run("plain", &[]);
