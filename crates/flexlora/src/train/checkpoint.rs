@@ -51,6 +51,10 @@ pub struct TrainerState {
     /// How much FlexLoRA's allocation has acted so far (moves, churn, ranking stability).
     #[serde(default)]
     pub allocation_activity: flexlora_core::AllocationActivity,
+    /// The running sum and count of training losses since the last logging point, so that a
+    /// run resumed in the middle of a logging window logs the same mean as an uninterrupted one.
+    #[serde(default)]
+    pub loss_window: (f64, u64),
 }
 
 const FILES: [&str; 3] = ["model.safetensors", "optimiser.safetensors", "state.json"];

@@ -240,7 +240,6 @@ pub fn train(config: &Config, opts: &TrainOptions) -> anyhow::Result<Summary> {
         )
     };
     bar.set_position(state.step);
-    let mut window_loss = (0.0f64, 0u64);
     let mut last_checkpoint_step = state.step;
 
     while state.epoch < tc.epochs && state.step < total_steps {
@@ -290,9 +289,10 @@ pub fn train(config: &Config, opts: &TrainOptions) -> anyhow::Result<Summary> {
             state.step += 1;
             state.micro_in_epoch = last;
             run.record_rank_changes(&mut state, update.mask, update.allocation)?;
-            window_loss = (window_loss.0 + step_loss, window_loss.1 + 1);
+            let window = &mut state.loss_window;
+            *window = (window.0 + step_loss, window.1 + 1);
             if state.step % tc.log_every == 0 || state.step == total_steps {
-                let mean = window_loss.0 / window_loss.1.max(1) as f64;
+                let mean = state.loss_window.0 / state.loss_window.1.max(1) as f64;
                 state.loss_history.push((state.step, mean));
                 run.log_metrics(&serde_json::json!({
                     "step": state.step, "epoch": state.epoch + 1, "loss": mean, "lr": lr,
@@ -301,7 +301,7 @@ pub fn train(config: &Config, opts: &TrainOptions) -> anyhow::Result<Summary> {
                     "trainable_parameters": allocators.trainable_parameters(&model),
                 }))?;
                 bar.set_message(format!("loss {mean:.4}"));
-                window_loss = (0.0, 0);
+                state.loss_window = (0.0, 0);
             }
             bar.set_position(state.step);
             state.train_seconds += step_started.elapsed().as_secs_f64();
