@@ -373,6 +373,25 @@ pub struct MethodConfig {
     pub scale: ScalePolicy,
 }
 
+/// FlexLoRA's default scale `s = α / r_init`: 8, the scale of the authors' own GLUE recipes
+/// (`lora_alpha` 16 at rank 2). The SVD form's update grows through its `r` singular values,
+/// each moving by about the learning rate per AdamW step, far slower than LoRA's `B`, whose
+/// `out` entries per column all move at once; with `s = 1` FlexLoRA reached 60% validation
+/// accuracy on a 57-step job where `s = 8` reached 78% and LoRA 78%, and the three scales tied
+/// on the 264-step main job (docs/results.md, "Does the allocation matter?").
+pub const FLEXLORA_DEFAULT_SCALE: f64 = 8.0;
+
+impl MethodConfig {
+    /// `method.alpha` when a config leaves it out: `8 · r_init` for FlexLoRA (scale
+    /// [`FLEXLORA_DEFAULT_SCALE`]), PEFT's `lora_alpha` default of 8 for the other methods.
+    pub fn default_alpha(&self) -> f64 {
+        match self.name {
+            MethodName::Flexlora => FLEXLORA_DEFAULT_SCALE * self.r_init as f64,
+            _ => default_alpha(),
+        }
+    }
+}
+
 /// Initialisation of a newly added direction (docs/method.md §4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -429,11 +448,12 @@ pub struct ScheduleConfig {
     #[serde(default = "default_b0")]
     pub b0: u32,
     /// Warm-up optimiser steps before the first adjustment: a step count, or a fraction of
-    /// the run's `T`.
-    #[serde(default)]
+    /// the run's `T` (default 0.1).
+    #[serde(default = "default_t_init")]
     pub t_init: StepsOrFraction,
-    /// Final optimiser steps with frozen ranks: a step count, or a fraction of `T`.
-    #[serde(default)]
+    /// Final optimiser steps with frozen ranks: a step count, or a fraction of `T` (default
+    /// 0.3).
+    #[serde(default = "default_t_final")]
     pub t_final: StepsOrFraction,
     /// Optimiser steps between adjustments.
     #[serde(default = "default_delta_t")]
@@ -453,12 +473,6 @@ pub enum StepsOrFraction {
     Steps(u64),
     /// A fraction of `T`, rounded to the nearest step.
     Fraction(f64),
-}
-
-impl Default for StepsOrFraction {
-    fn default() -> Self {
-        StepsOrFraction::Steps(0)
-    }
 }
 
 impl StepsOrFraction {
@@ -625,6 +639,7 @@ fn default_r_max() -> usize {
 fn default_target_r() -> usize {
     8
 }
+/// PEFT's `lora_alpha` default (see [`MethodConfig::default_alpha`] for FlexLoRA's).
 fn default_alpha() -> f64 {
     8.0
 }
@@ -637,8 +652,18 @@ fn default_new_direction_std() -> f64 {
 fn default_sensitivity_beta() -> f64 {
     0.85
 }
+/// A quarter of the main job's 36 adapted matrices, chosen on validation (configs/default.toml).
 fn default_b0() -> u32 {
-    4
+    9
+}
+/// A tenth of the run before the first adjustment and its last 30% with frozen ranks: about
+/// the main job's former 30 and 80 of 264 steps, as fractions so that they fit a 60-step job
+/// (where 30 + 80 steps left no window) and a 3,000-step job alike.
+fn default_t_init() -> StepsOrFraction {
+    StepsOrFraction::Fraction(0.1)
+}
+fn default_t_final() -> StepsOrFraction {
+    StepsOrFraction::Fraction(0.3)
 }
 fn default_delta_t() -> u64 {
     10
@@ -706,8 +731,8 @@ impl Default for ScheduleConfig {
         Self {
             kind: BudgetSchedule::default(),
             b0: default_b0(),
-            t_init: StepsOrFraction::default(),
-            t_final: StepsOrFraction::default(),
+            t_init: default_t_init(),
+            t_final: default_t_final(),
             delta_t: default_delta_t(),
             exp_rate: default_exp_rate(),
         }
@@ -783,8 +808,19 @@ impl Config {
         Ok(LoadedConfig { config, origin })
     }
 
-    /// Deserialises a TOML table, naming the key of any unknown field or wrong type.
+    /// Deserialises a TOML table, naming the key of any unknown field or wrong type. A
+    /// `method.alpha` the table does not give takes the method's default
+    /// ([`MethodConfig::default_alpha`]).
     pub fn from_table(table: toml::Table, origin: &str) -> Result<Self, ConfigError> {
+        let alpha_given = table.get("method").and_then(|m| m.get("alpha")).is_some();
+        let mut config = Self::deserialize_table(table, origin)?;
+        if !alpha_given {
+            config.method.alpha = config.method.default_alpha();
+        }
+        Ok(config)
+    }
+
+    fn deserialize_table(table: toml::Table, origin: &str) -> Result<Self, ConfigError> {
         serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
             let key = e.path().to_string();
             ConfigError::Field {

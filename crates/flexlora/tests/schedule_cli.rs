@@ -33,7 +33,8 @@ fn json(args: &[&str]) -> serde_json::Value {
 }
 
 /// The default config on the real Pang & Lee file: 4000 sentences, 2800 for training, batch 32
-/// -> 88 steps per epoch, 3 epochs -> T = 264; t_init 30, t_final 80, delta_t 10, b0 4, cubic.
+/// -> 88 steps per epoch, 3 epochs -> T = 264; t_init 0.1 T = 26.4 -> 26, t_final 0.3 T = 79.2 ->
+/// 79, delta_t 10, b0 9, cubic.
 #[test]
 fn default_config_on_real_data() {
     let plan = json(&["--config", "configs/default.toml"]);
@@ -41,9 +42,11 @@ fn default_config_on_real_data() {
     assert_eq!(plan["steps"]["split"]["train"], 2800);
     assert_eq!(plan["steps"]["steps_per_epoch"], 88);
     assert_eq!(plan["total_steps"], 264);
-    assert_eq!(plan["freeze_step"], 184);
-    // b(t) = round_half_even(4 * (1 - (t - 30) / 154)^3) at t = 40, 50, ...:
-    // 3.27, 2.63, 2.09, 1.62, 1.23, 0.91, 0.65, then < 0.5.
+    assert_eq!(plan["t_init"], 26);
+    assert_eq!(plan["t_final"], 79);
+    assert_eq!(plan["freeze_step"], 185);
+    // b(t) = round_half_even(9 * (1 - (t - 26) / 159)^3) at t = 36, 46, ...:
+    // 7.41, 6.01, 4.81, 3.77, 2.90, 2.17, 1.58, 1.10, 0.74, then < 0.5.
     let steps: Vec<(u64, u64)> = plan["adjustments"]
         .as_array()
         .unwrap()
@@ -53,16 +56,18 @@ fn default_config_on_real_data() {
     assert_eq!(
         steps,
         vec![
-            (40, 3),
-            (50, 3),
-            (60, 2),
-            (70, 2),
-            (80, 1),
-            (90, 1),
-            (100, 1)
+            (36, 7),
+            (46, 6),
+            (56, 5),
+            (66, 4),
+            (76, 3),
+            (86, 2),
+            (96, 2),
+            (106, 1),
+            (116, 1)
         ]
     );
-    assert_eq!(plan["max_slot_moves"], 13);
+    assert_eq!(plan["max_slot_moves"], 31);
 }
 
 #[test]
@@ -75,9 +80,13 @@ fn overrides_change_the_plan() {
         "--set",
         "schedule.kind=\"constant\"",
         "--set",
+        "schedule.t_init=30",
+        "--set",
         "schedule.t_final=20",
         "--set",
         "schedule.delta_t=20",
+        "--set",
+        "schedule.b0=4",
     ]);
     assert_eq!(plan["total_steps"], 100);
     assert_eq!(plan["steps"]["source"], "max_steps");
@@ -106,7 +115,7 @@ fn table_output_lists_steps_and_freeze() {
     let out = flexlora(&["schedule", "--set", "training.max_steps=200"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("ranks freeze at step 120"), "{text}");
+    assert!(text.contains("ranks freeze at step 140"), "{text}");
     assert!(text.contains("T = 200 optimiser steps"), "{text}");
 }
 
@@ -127,9 +136,14 @@ fn bad_configs_are_clear_errors() {
                 "--set",
                 "training.max_steps=100",
                 "--set",
-                "schedule.t_final=70",
+                "schedule.t_final=95",
             ],
-            &["`schedule.t_init` = 30", "must be less than", "T (100)"],
+            &[
+                "`schedule.t_init` = 0.1",
+                "t_init (10) + t_final (95)",
+                "must be less than",
+                "T (100)",
+            ],
         ),
         (
             &["--set", "method.r_max=4"],
