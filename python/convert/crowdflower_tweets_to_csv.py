@@ -51,6 +51,8 @@ import sys
 import tempfile
 import time
 
+from install_dir import install_dir
+
 TMP_PREFIX = ".tmp-convert-"
 SOURCE_ENCODING = "mac_roman"
 HEADER = ["sentiment", "confidence", "text"]
@@ -183,18 +185,8 @@ def convert(src: str, out_dir: str) -> None:
         with open(os.path.join(tmp, OUT_INFO), "w", encoding="utf-8") as f:
             json.dump(info, f, indent=1)
             f.write("\n")
-        for name in os.listdir(tmp):
-            os.chmod(os.path.join(tmp, name), 0o644)
-        os.chmod(tmp, 0o755)
-        # Swap into place: rename the old folder aside, rename the new one in, drop the old one.
-        old = None
-        if os.path.lexists(out_dir):
-            old = tempfile.mkdtemp(prefix=TMP_PREFIX + "old-", dir=parent)
-            os.rename(out_dir, os.path.join(old, "x"))
-        os.rename(tmp, out_dir)
+        install_dir(tmp, out_dir, TMP_PREFIX)
         tmp = None
-        if old:
-            shutil.rmtree(old, ignore_errors=True)
     finally:
         if tmp:
             shutil.rmtree(tmp, ignore_errors=True)
