@@ -51,8 +51,15 @@ fn smollm2_logits_and_greedy_generation_match_transformers() {
     let want = golden(json!({"generate": 12}), &[("input_ids.0", &ids)]);
     let got = tch::no_grad(|| model.logits(&model.forward(&ids, None, None, false)));
     let d = max_abs_diff(&got, &want["logits.0"]);
-    eprintln!("SmolLM2 logits {d:e}");
-    assert!(d <= 1e-4, "logits differ by {d:e}");
+    // f32 through 30 layers: the rounding depends on which kernels MKL picks for the CPU. On
+    // the AMD benchmark machine the largest difference was below 1e-4; on an Intel Xeon with
+    // AVX-512 it was 1.15e-4. So the bound is relative to the logits' scale (1e-5 of the
+    // largest magnitude, at least 1e-4), far below any real mismatch (the greedy tokens below
+    // must agree too).
+    let scale = want["logits.0"].abs().max().double_value(&[]);
+    let bound = (1e-5 * scale).max(1e-4);
+    eprintln!("SmolLM2 logits {d:e} (largest logit magnitude {scale:.2}, bound {bound:e})");
+    assert!(d <= bound, "logits differ by {d:e} (bound {bound:e})");
     let opts = GenerateOptions {
         max_new_tokens: 12,
         sampling: Sampling::Greedy,
