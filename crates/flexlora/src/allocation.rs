@@ -120,33 +120,7 @@ pub fn apply_allocation(
             adapters: adapters.len(),
         });
     }
-    let scores: Vec<f64> = match policy.importance.spectral() {
-        Some(metric) => adapters
-            .iter()
-            .map(|a| {
-                let spectrum = if policy.exact_spectrum {
-                    a.exact_spectrum()
-                } else {
-                    a.active_lambdas()
-                };
-                metric.score(&spectrum)
-            })
-            .collect(),
-        None => {
-            let ema = sensitivity
-                .as_deref()
-                .filter(|e| e.len() == adapters.len())
-                .ok_or(AllocationError::Sensitivity {
-                    adapters: adapters.len(),
-                    tracked: sensitivity.as_deref().map_or(0, SensitivityEma::len),
-                })?;
-            ema.triplet_scores_host()
-                .iter()
-                .zip(adapters.iter())
-                .map(|(s, a)| matrix_sensitivity(s, a.active()))
-                .collect()
-        }
-    };
+    let scores = matrix_scores(adapters, policy, sensitivity.as_deref())?;
     let matrices: Vec<MatrixRank> = adapters
         .iter()
         .zip(&scores)
@@ -174,12 +148,7 @@ pub fn apply_allocation(
         if let Some(slot) = slot_to_prune(&energies, a.active()) {
             a.prune(slot)
                 .map_err(|source| AllocationError::Adapter { matrix: k, source })?;
-            optimiser
-                .reset_slot(k, slot)
-                .map_err(|source| AllocationError::Optimiser { matrix: k, source })?;
-            if let Some(e) = sensitivity.as_deref_mut() {
-                e.reset_slot(k, slot);
-            }
+            restart_slot(optimiser, sensitivity.as_deref_mut(), k, slot)?;
             pruned.push((k, slot));
         }
     }
@@ -189,12 +158,7 @@ pub fn apply_allocation(
         if let Some(slot) = slot_to_expand(a.active()) {
             a.expand(slot, policy.init, policy.init_std)
                 .map_err(|source| AllocationError::Adapter { matrix: k, source })?;
-            optimiser
-                .reset_slot(k, slot)
-                .map_err(|source| AllocationError::Optimiser { matrix: k, source })?;
-            if let Some(e) = sensitivity.as_deref_mut() {
-                e.reset_slot(k, slot);
-            }
+            restart_slot(optimiser, sensitivity.as_deref_mut(), k, slot)?;
             expanded.push((k, slot));
         }
     }
@@ -215,6 +179,58 @@ pub fn apply_allocation(
         activity: activity.report(),
         loss_change: None,
     })
+}
+
+/// Every matrix's score under `policy`, computed once before any change: the spectral metric
+/// of its active `λ` (or of its true singular values with `exact_spectrum`), or the mean
+/// sensitivity of its active triplets.
+fn matrix_scores(
+    adapters: &[&mut SvdAdapter],
+    policy: &AllocationPolicy,
+    sensitivity: Option<&SensitivityEma>,
+) -> Result<Vec<f64>, AllocationError> {
+    if let Some(metric) = policy.importance.spectral() {
+        return Ok(adapters
+            .iter()
+            .map(|a| {
+                let spectrum = if policy.exact_spectrum {
+                    a.exact_spectrum()
+                } else {
+                    a.active_lambdas()
+                };
+                metric.score(&spectrum)
+            })
+            .collect());
+    }
+    let ema =
+        sensitivity
+            .filter(|e| e.len() == adapters.len())
+            .ok_or(AllocationError::Sensitivity {
+                adapters: adapters.len(),
+                tracked: sensitivity.map_or(0, SensitivityEma::len),
+            })?;
+    Ok(ema
+        .triplet_scores_host()
+        .iter()
+        .zip(adapters.iter())
+        .map(|(s, a)| matrix_sensitivity(s, a.active()))
+        .collect())
+}
+
+/// Restarts a pruned or added slot's optimiser state and, when tracked, its sensitivity EMAs.
+fn restart_slot(
+    optimiser: &mut AdamW,
+    sensitivity: Option<&mut SensitivityEma>,
+    matrix: usize,
+    slot: usize,
+) -> Result<(), AllocationError> {
+    optimiser
+        .reset_slot(matrix, slot)
+        .map_err(|source| AllocationError::Optimiser { matrix, source })?;
+    if let Some(e) = sensitivity {
+        e.reset_slot(matrix, slot);
+    }
+    Ok(())
 }
 
 /// Under `scale = "current_rank"` the scale `s = α / r` changes with the rank, which would
