@@ -97,7 +97,9 @@ pub fn movement_warnings(config: &Config, total_steps: u64) -> Vec<String> {
     let expands = direction != AllocationDirection::PruneOnly;
     if m.r_init <= 1 && prunes {
         warnings.push(format!(
-            "ranks cannot move: every matrix starts at method.r_init = {}, the floor of one              direction, so none can be pruned{}; give the budget room, e.g. method.r_init = 2              (same total for every matrix, any one can then lose a direction)",
+            "ranks cannot move: every matrix starts at method.r_init = {}, the floor of one \
+             direction, so none can be pruned{}; give the budget room, e.g. method.r_init = 2 \
+             (same total for every matrix, any one can then lose a direction)",
             m.r_init,
             if expands {
                 ", and with allocation.direction = \"both\" every expansion needs a prune"
@@ -108,7 +110,8 @@ pub fn movement_warnings(config: &Config, total_steps: u64) -> Vec<String> {
     }
     if m.r_init >= m.r_max && expands {
         warnings.push(format!(
-            "ranks cannot move: every matrix starts at method.r_max = {}, so none can gain a              direction{}; raise method.r_max above method.r_init",
+            "ranks cannot move: every matrix starts at method.r_max = {}, so none can gain a \
+             direction{}; raise method.r_max above method.r_init",
             m.r_max,
             if prunes {
                 ", and with allocation.direction = \"both\" every prune needs an expansion"
@@ -126,14 +129,17 @@ pub fn movement_warnings(config: &Config, total_steps: u64) -> Vec<String> {
         );
     } else if schedule.validate().is_ok() && schedule.adjustment_steps().next().is_none() {
         warnings.push(format!(
-            "ranks cannot move: no adjustment step has b(t) > 0 in T = {total_steps} steps              (schedule.b0 = {}, kind {}); raise schedule.b0 or widen the window",
+            "ranks cannot move: no adjustment step has b(t) > 0 in T = {total_steps} steps \
+             (schedule.b0 = {}, kind {}); raise schedule.b0 or widen the window",
             schedule.b0,
             schedule.schedule.name()
         ));
     }
     if schedule.schedule == flexlora_core::BudgetSchedule::Adaptive {
         warnings.push(
-            "schedule.kind = \"adaptive\": the b(t) listed is a cap; at run time each              adjustment moves b0 * (1 - max(tau, 0)), tau the rank correlation of the              importance scores with the previous adjustment's (ranks.jsonl records both)"
+            "schedule.kind = \"adaptive\": the b(t) listed is a cap; at run time each \
+             adjustment moves b0 * (1 - max(tau, 0)), tau the rank correlation of the \
+             importance scores with the previous adjustment's (ranks.jsonl records both)"
                 .to_string(),
         );
     }
