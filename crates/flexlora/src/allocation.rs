@@ -133,7 +133,6 @@ pub fn apply_allocation(
     let tau = activity.tau_against_previous(&scores);
     let b = schedule.adaptive_moves(cap, tau);
     let decision = policy.allocator.decide(&matrices, b as usize);
-    let ranks_before: Vec<usize> = adapters.iter().map(|a| a.rank()).collect();
 
     let mut pruned = Vec::with_capacity(decision.prune.len());
     for &k in &decision.prune {
@@ -163,7 +162,7 @@ pub fn apply_allocation(
         }
     }
     for (k, a) in adapters.iter_mut().enumerate() {
-        keep_output_across_rank_change(a, optimiser, k, ranks_before[k])?;
+        keep_output_across_rank_change(a, optimiser, k, matrices[k].rank)?;
     }
     let prune_matrices: Vec<usize> = pruned.iter().map(|&(k, _)| k).collect();
     let expand_matrices: Vec<usize> = expanded.iter().map(|&(k, _)| k).collect();

@@ -1,6 +1,7 @@
 //! The DeBERTa-v2/v3 encoder against transformers on small random-initialised models (no
-//! DeBERTa weights are reachable, ASSETS.md): hidden states, classification logits and adapter
-//! gradients for a v3-style and a v2-style config; relative position buckets; broken folders.
+//! DeBERTa weights ship in any package scripts/fetch-assets can reach): hidden states,
+//! classification logits and adapter gradients for a v3-style and a v2-style config; relative
+//! position buckets; broken folders.
 //!
 //! Each model is built and saved by python/golden/deberta.py with transformers, then loaded
 //! here from that folder, so loading (names, shapes, prefixes) is checked too. Every parity
