@@ -116,10 +116,18 @@ impl AllocationActivity {
             .and_then(|prev| kendall_tau_b(prev, scores))
     }
 
-    /// Records one adjustment step: the scores it was decided on and the matrices that lost
-    /// (`pruned`) and gained (`expanded`) a direction.
-    pub fn record(&mut self, scores: &[f64], pruned: &[usize], expanded: &[usize]) {
-        if let Some(tau) = self.tau_against_previous(scores) {
+    /// Records one adjustment step: the scores it was decided on, their τ against the previous
+    /// adjustment's ([`AllocationActivity::tau_against_previous`], which the caller has already
+    /// computed to size the step), and the matrices that lost (`pruned`) and gained
+    /// (`expanded`) a direction.
+    pub fn record(
+        &mut self,
+        scores: &[f64],
+        tau: Option<f64>,
+        pruned: &[usize],
+        expanded: &[usize],
+    ) {
+        if let Some(tau) = tau {
             self.tau_sum += tau;
             self.tau_count += 1;
             self.last_tau = Some(tau);
@@ -199,15 +207,21 @@ mod tests {
         assert_eq!(kendall_tau_b(&[1.0, 2.0], &[1.0]), None);
     }
 
+    /// Records an adjustment with the τ its scores have against the previous ones.
+    fn record(a: &mut AllocationActivity, scores: &[f64], pruned: &[usize], expanded: &[usize]) {
+        let tau = a.tau_against_previous(scores);
+        a.record(scores, tau, pruned, expanded);
+    }
+
     #[test]
     fn activity_counts_moves_changes_reversals_and_tau() {
         let mut a = AllocationActivity::new(&[4, 4, 4, 4]);
-        a.record(&[0.1, 0.2, 0.3, 0.4], &[0], &[3]);
+        record(&mut a, &[0.1, 0.2, 0.3, 0.4], &[0], &[3]);
         assert_eq!(a.report().mean_tau, None);
         // Matrix 0 gains back what it lost: a reversal; so does matrix 3. Ranking reversed.
-        a.record(&[0.4, 0.3, 0.2, 0.1], &[3], &[0]);
+        record(&mut a, &[0.4, 0.3, 0.2, 0.1], &[3], &[0]);
         // An empty adjustment still counts and compares scores.
-        a.record(&[0.4, 0.3, 0.2, 0.1], &[], &[]);
+        record(&mut a, &[0.4, 0.3, 0.2, 0.1], &[], &[]);
         let r = a.report();
         assert_eq!(r.adjustments, 3);
         assert_eq!(r.moves, 2);
@@ -217,14 +231,14 @@ mod tests {
         assert_eq!(r.last_tau, Some(1.0));
         assert_eq!(r.mean_tau, Some(0.0));
         // Not a reversal when an adjustment lies between the two moves.
-        a.record(&[0.1, 0.2, 0.3, 0.4], &[0], &[3]);
+        record(&mut a, &[0.1, 0.2, 0.3, 0.4], &[0], &[3]);
         assert_eq!(a.report().reversals, 2);
     }
 
     #[test]
     fn activity_survives_serde_exactly() {
         let mut a = AllocationActivity::new(&[2, 3]);
-        a.record(&[0.25, 0.75], &[0], &[1]);
+        record(&mut a, &[0.25, 0.75], &[0], &[1]);
         let text = serde_json::to_string(&a).unwrap();
         let back: AllocationActivity = serde_json::from_str(&text).unwrap();
         assert_eq!(back, a);

@@ -166,7 +166,7 @@ pub fn apply_allocation(
     }
     let prune_matrices: Vec<usize> = pruned.iter().map(|&(k, _)| k).collect();
     let expand_matrices: Vec<usize> = expanded.iter().map(|&(k, _)| k).collect();
-    activity.record(&scores, &prune_matrices, &expand_matrices);
+    activity.record(&scores, tau, &prune_matrices, &expand_matrices);
     Ok(AllocationRecord {
         step,
         b,
