@@ -1,8 +1,10 @@
 //! Decoder runs end to end on the real commonsense data: a tiny random LLaMA (built by
 //! transformers, with the real SmolLM2 tokenizer) trains with FlexLoRA, AdaLoRA and LoRA on a
-//! mixture of two tasks, writes its adapter, scores and plots; the same seed gives the same
-//! numbers; `lm-eval --run` reproduces the run's table; `generate --adapter` runs; bad configs
-//! and weights are clear errors.
+//! mixture of two tasks through the training engine, writes the classifiers' run layout
+//! (checkpoints, logs), scores and plots; the same seed gives the same numbers; a run killed
+//! with SIGKILL and resumed ends byte-identical to an uninterrupted one; `--init-from`
+//! continues from another run; `lm-eval --run` reproduces the run's table; `generate --adapter`
+//! runs; bad configs and weights are clear errors.
 
 mod common;
 
@@ -31,7 +33,8 @@ fn tiny_decoder(dir: &Path) -> PathBuf {
     folder
 }
 
-/// `train` on PIQA + ARC-Easy (8 training and 4 evaluation questions each), eight steps.
+/// `train` on PIQA + ARC-Easy (8 training questions each, one of them held out for validation,
+/// and 4 evaluation questions each), eight steps.
 fn train_args(model: &Path, out: &Path, method: &str, sets: &[&str]) -> Vec<String> {
     let mut all = vec![
         "data.tasks=[\"piqa\", \"arc_easy\"]",
@@ -78,9 +81,15 @@ fn flexlora_decoder_run_trains_scores_reproduces_and_generates() {
     let tasks = s["tasks"].as_array().unwrap();
     let names: Vec<&str> = tasks.iter().map(|t| t["task"].as_str().unwrap()).collect();
     assert_eq!(names, ["piqa", "arc_easy", "average"]);
-    assert_eq!(s["train_sequences"], json!([16, 0]));
+    // round(8 · 0.1) = 1 question of each task is held out for validation.
+    assert_eq!(s["train_sequences"], json!([14, 0]));
+    assert_eq!(s["validation_questions"], 2);
     assert_eq!(s["eval_questions"], 8);
     assert_eq!(s["steps"], 8);
+    let val = s["validation_accuracy"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&val), "validation accuracy {val}");
+    let best_epoch = s["best_epoch"].as_u64().unwrap();
+    assert!((1..=2).contains(&best_epoch));
     for t in tasks {
         for m in ["acc", "acc_norm"] {
             let v = t[m].as_f64().unwrap();
@@ -88,7 +97,8 @@ fn flexlora_decoder_run_trains_scores_reproduces_and_generates() {
         }
     }
     for f in [
-        "adapter.safetensors",
+        "checkpoints/final/model.safetensors",
+        "checkpoints/best/model.safetensors",
         "predictions.jsonl",
         "plots/loss.png",
         "plots/ranks.png",
@@ -100,6 +110,13 @@ fn flexlora_decoder_run_trains_scores_reproduces_and_generates() {
     let metrics = jsonl(&run.join("metrics.jsonl"));
     let losses: Vec<f64> = metrics.iter().filter_map(|m| m["loss"].as_f64()).collect();
     assert_eq!(losses.len(), 8);
+    let validations: Vec<&Value> = metrics.iter().filter_map(|m| m.get("validation")).collect();
+    assert_eq!(validations.len(), 2, "one validation per epoch");
+    assert_eq!(
+        validations[best_epoch as usize - 1]["value"].as_f64(),
+        Some(val),
+        "the summary's validation accuracy is the best epoch's"
+    );
     assert!(losses.iter().all(|l| l.is_finite() && *l > 0.0));
     // FlexLoRA's allocation ran (the constant schedule adjusts from step 1 on).
     let ranks = jsonl(&run.join("ranks.jsonl"));
@@ -185,8 +202,72 @@ fn adalora_and_lora_decoder_runs_finish() {
         let s = summary(&run);
         assert_eq!(s["method"], method);
         assert!(s["trainable_parameters"].as_i64().unwrap() > 0);
-        assert!(run.join("adapter.safetensors").exists());
+        assert!(run.join("checkpoints/final/model.safetensors").exists());
     }
+}
+
+/// The outputs of a decoder run that must not depend on whether it was interrupted.
+const SAME_BYTES: [&str; 5] = [
+    "checkpoints/final/model.safetensors",
+    "checkpoints/best/model.safetensors",
+    "metrics.jsonl",
+    "ranks.jsonl",
+    "predictions.jsonl",
+];
+
+#[test]
+fn a_decoder_run_killed_and_resumed_equals_an_uninterrupted_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_decoder(dir.path());
+    // Epochs of 4 steps, a step checkpoint every 3 and a log line every 4: the third
+    // checkpoint write (after step 3's and epoch 1's best) is the epoch-end checkpoint at step
+    // 4, killed half-written; the resumed run starts from step 3, inside a logging window, and
+    // redoes step 4, the validation and the best checkpoint.
+    let sets = ["training.checkpoint_every=3", "training.log_every=4"];
+    let reference = dir.path().join("reference");
+    ok(&run_flexlora(&train_args(&model, &reference, "flexlora", &sets)));
+    let run = dir.path().join("run");
+    let args = train_args(&model, &run, "flexlora", &sets);
+    let killed = std::process::Command::new(env!("CARGO_BIN_EXE_flexlora"))
+        .args(&args)
+        .current_dir(common::repo_root())
+        .env("FAILPOINTS", "checkpoint.files_written=2*off->return(kill)")
+        .output()
+        .unwrap();
+    assert!(!killed.status.success(), "the run was not killed");
+    assert!(!run.join("summary.json").exists());
+    let out = run_flexlora(&[
+        "train".into(),
+        "--resume".into(),
+        run.display().to_string(),
+        "--quiet".into(),
+    ]);
+    ok(&out);
+    for f in SAME_BYTES {
+        let a = std::fs::read(reference.join(f)).unwrap();
+        let b = std::fs::read(run.join(f)).unwrap_or_else(|e| panic!("{f}: {e}"));
+        assert!(a == b, "{f} differs from the uninterrupted run's");
+    }
+    assert_eq!(summary(&run)["tasks"], summary(&reference)["tasks"]);
+
+    // --init-from starts from the finished run's best adapters: its first loss is below a
+    // fresh start's (same seed, same data order), and it trains on.
+    let continued = dir.path().join("continued");
+    let mut args = train_args(&model, &continued, "flexlora", &sets);
+    args.extend(["--init-from".into(), reference.display().to_string()]);
+    ok(&run_flexlora(&args));
+    let first_loss = |run: &Path| {
+        jsonl(&run.join("metrics.jsonl"))
+            .iter()
+            .find_map(|m| m["loss"].as_f64())
+            .unwrap()
+    };
+    assert!(
+        first_loss(&continued) < first_loss(&reference),
+        "--init-from: first logged loss {} is not below a fresh start's {}",
+        first_loss(&continued),
+        first_loss(&reference)
+    );
 }
 
 #[test]

@@ -8,13 +8,10 @@ use crate::train::model::{
     TrainableModel, adapter_masks, adapter_optimiser_groups, adapter_parameters,
     adapter_trainables, inject_method_adapters, restore_adapters,
 };
-use anyhow::{Context, bail};
+use anyhow::bail;
 use std::collections::HashMap;
 use std::path::Path;
 use tch::{Device, Tensor};
-
-/// The file of a decoder run that holds its adapters (see [`LmModel::state`]).
-pub const ADAPTER_FILE: &str = "adapter.safetensors";
 
 /// A LLaMA decoder with FlexLoRA, AdaLoRA or LoRA adapters (the base frozen).
 #[derive(Debug)]
@@ -58,26 +55,26 @@ impl LmModel {
         Ok(())
     }
 
-    /// The model of a finished decoder run: its config's model with the adapters of
-    /// `<run>/adapter.safetensors`; also returns the run's config.
+    /// The model of a finished decoder run: its config's model with the adapters of the run's
+    /// best validation epoch (`checkpoints/best`, else `checkpoints/final`); also returns the
+    /// run's config.
     pub fn from_run(run: &Path, device: Device) -> anyhow::Result<(Config, Self)> {
         let config = crate::train::load_run_config(run)?;
         tch::manual_seed(0);
         let mut model = Self::build(&config, device)?;
-        let path = run.join(ADAPTER_FILE);
-        if !path.exists() {
+        let best = run.join("checkpoints/best");
+        let dir = if best.exists() {
+            best
+        } else {
+            run.join("checkpoints/final")
+        };
+        if !dir.exists() {
             bail!(
-                "{}: no adapter there (the run did not finish, or is not a decoder run)",
-                path.display()
+                "{}: no trained adapters there (the run did not finish, or is not a decoder run)",
+                run.display()
             );
         }
-        let state: HashMap<String, Tensor> = Tensor::read_safetensors(&path)
-            .with_context(|| format!("reading {}", path.display()))?
-            .into_iter()
-            .collect();
-        model
-            .load_state(&state)
-            .with_context(|| format!("loading {}", path.display()))?;
+        crate::train::run::load_model_checkpoint(&dir, &mut model)?;
         Ok((config, model))
     }
 
@@ -152,5 +149,17 @@ impl TrainableModel for LmModel {
 
     fn trainable_parameters(&self) -> i64 {
         LmModel::trainable_parameters(self)
+    }
+
+    fn adapted_paths(&self) -> &[String] {
+        &self.adapted_paths
+    }
+
+    fn state(&self) -> Vec<(String, Tensor)> {
+        LmModel::state(self)
+    }
+
+    fn load_state(&mut self, state: &HashMap<String, Tensor>) -> anyhow::Result<()> {
+        LmModel::load_state(self, state)
     }
 }

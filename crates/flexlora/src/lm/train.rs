@@ -5,18 +5,21 @@
 //! cross-entropy of the answer and EOS tokens, each predicted from everything before it
 //! (prompt tokens carry no loss). Micro-batches are padded on the right to their longest
 //! sequence (dynamic padding; `training.bucket_by_length` groups similar lengths), gradients
-//! accumulate over `training.grad_accum` micro-batches, and the optimiser step, AdaLoRA's
-//! masking and FlexLoRA's allocation are the classifiers' ([`crate::train::step`]).
+//! accumulate over `training.grad_accum` micro-batches. The loop is the training engine's
+//! ([`crate::train::engine`]), the classifiers' own: the optimiser step, AdaLoRA's masking,
+//! FlexLoRA's allocation, step checkpoints, exact `--resume`, `--init-from` and the run
+//! directory's layout. `data.validation_fraction` of every task's training questions is held
+//! out and scored at each epoch's end (mean accuracy over tasks); the best epoch's adapters are
+//! the ones tested and kept in `checkpoints/best`.
 
-use super::model::{ADAPTER_FILE, LmModel};
+use super::model::LmModel;
 use super::score::{TaskAccuracy, accuracies, markdown_table, score_all};
 use super::tokens::{EncodedQuestion, LmTokenizer};
 use crate::config::{Config, MethodName};
 use crate::data::commonsense::{CommonsenseTask, split_suite};
 use crate::train::TrainOptions;
-use crate::train::checkpoint::TrainerState;
-use crate::train::run::{RunDir, matrix_labels};
-use crate::train::step;
+use crate::train::engine::{self, TrainingTask, Validation};
+use crate::train::run::RunDir;
 use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -30,8 +33,19 @@ pub struct LmSummary {
     pub method: MethodName,
     /// Per-task accuracy on the evaluation halves, then the mean over tasks (`average`).
     pub tasks: Vec<TaskAccuracy>,
+    /// Mean accuracy over tasks of the held-out training questions at the best epoch (`null`
+    /// when nothing was held out: `data.validation_fraction = 0`).
+    #[serde(default)]
+    pub validation_accuracy: Option<f64>,
+    /// The epoch (1-based) whose adapters were tested: the best validation epoch, else the
+    /// last.
+    #[serde(default)]
+    pub best_epoch: u64,
     /// Training sequences used / skipped for being longer than `data.max_length`.
     pub train_sequences: [usize; 2],
+    /// Training questions held out for validation (best-epoch selection).
+    #[serde(default)]
+    pub validation_questions: usize,
     /// Evaluation questions.
     pub eval_questions: usize,
     /// Adapter parameters at the end (active slots only; AdaLoRA: kept triplets only).
@@ -150,32 +164,88 @@ fn answer_loss(
         .to_kind(Kind::Float)
 }
 
-/// Trains the decoder run described by `config` into `opts.output`, scores its evaluation
-/// questions and returns the summary.
-pub fn train_lm(config: &Config, opts: &TrainOptions) -> anyhow::Result<LmSummary> {
-    let wall = Instant::now();
-    let tc = &config.training;
-    if opts.resume || opts.init_from.is_some() {
-        bail!("--resume and --init-from are not supported for decoder runs yet");
+/// Holds out `fraction` of every task's training questions for validation: the last
+/// `round(n_t · fraction)` of task `t`'s `n_t` (which come in a seeded shuffled order, see
+/// [`split_suite`]), so every task is represented in both parts.
+fn hold_out_validation(
+    questions: Vec<EncodedQuestion>,
+    fraction: f64,
+) -> (Vec<EncodedQuestion>, Vec<EncodedQuestion>) {
+    let mut per_task: Vec<(CommonsenseTask, usize)> = Vec::new();
+    for q in &questions {
+        match per_task.last_mut() {
+            Some((t, n)) if *t == q.task => *n += 1,
+            _ => per_task.push((q.task, 1)),
+        }
     }
-    crate::train::set_threads(tc.threads);
-    let device = crate::device::parse_device(&tc.device)?;
-    let (train_questions, eval_questions) = load_questions(config)?;
-    if train_questions.is_empty() {
-        bail!(
-            "{}: no training questions (data.train_per_task = 0?)",
-            config.data.path.display()
-        );
+    let (mut train, mut validation) = (Vec::new(), Vec::new());
+    let mut rest = questions.into_iter();
+    for (_, n) in per_task {
+        let held = ((n as f64 * fraction).round() as usize).min(n);
+        train.extend(rest.by_ref().take(n - held));
+        validation.extend(rest.by_ref().take(held));
     }
-    let n_total = train_questions.len();
-    // Everything that can be refused is checked before the run directory is touched.
-    LmModel::check_method(config.method.name)?;
-    let llama = crate::models::LlamaConfig::from_folder(&config.model.path)?;
-    let eos = llama.eos_token_ids.first().copied();
-    let pad = eos.unwrap_or(0);
-    let max_len = (config.data.max_length as i64).min(llama.max_position_embeddings);
+    (train, validation)
+}
+
+/// Causal-LM fine-tuning on answer tokens as a [`TrainingTask`]: batches of training
+/// sequences, the answer tokens' cross-entropy, and the mean accuracy over tasks of the held-out
+/// training questions.
+struct CausalLmTask {
+    sequences: Vec<Sequence>,
+    validation: Vec<EncodedQuestion>,
+    pad: i64,
+    device: Device,
+}
+
+impl TrainingTask for CausalLmTask {
+    type Model = LmModel;
+    type Batch = (Tensor, Tensor, Tensor);
+
+    fn train_len(&self) -> usize {
+        self.sequences.len()
+    }
+
+    fn train_lengths(&self) -> Vec<usize> {
+        self.sequences.iter().map(|s| s.ids.len()).collect()
+    }
+
+    fn batch(&self, indices: &[usize]) -> anyhow::Result<Self::Batch> {
+        let seqs: Vec<&Sequence> = indices.iter().map(|&i| &self.sequences[i]).collect();
+        Ok(batch(&seqs, self.pad, self.device))
+    }
+
+    fn loss(&self, model: &LmModel, (input, positions, targets): &Self::Batch, train: bool) -> Tensor {
+        answer_loss(model, (input, positions, targets), train)
+    }
+
+    fn validate(&self, model: &LmModel) -> anyhow::Result<Option<Validation>> {
+        if self.validation.is_empty() {
+            return Ok(None);
+        }
+        let table = accuracies(&score_all(&model.model, &self.validation, true)?);
+        let average = table.last().map_or(f64::NAN, |r| r.acc);
+        Ok(Some(Validation {
+            metric: average,
+            record: serde_json::json!({"metric": "acc", "value": average, "tasks": table}),
+            message: format!("acc {average:.4} (mean over tasks)"),
+        }))
+    }
+
+    fn metric_name(&self) -> &str {
+        "acc"
+    }
+}
+
+/// The training sequences of `questions` (those longer than `max_len` tokens are left out and
+/// counted).
+fn training_sequences(
+    questions: &[EncodedQuestion],
+    eos: Option<i64>,
+    max_len: i64,
+) -> (Vec<Sequence>, usize) {
     let mut skipped = 0usize;
-    let sequences: Vec<Sequence> = train_questions
+    let sequences = questions
         .iter()
         .filter_map(|q| {
             let mut ids = q.prompt.clone();
@@ -191,15 +261,22 @@ pub fn train_lm(config: &Config, opts: &TrainOptions) -> anyhow::Result<LmSummar
             })
         })
         .collect();
+    (sequences, skipped)
+}
+
+/// Refuses token ids outside the model's vocabulary and questions longer than its context.
+fn check_tokens_fit(
+    config: &Config,
+    llama: &crate::models::LlamaConfig,
+    sequences: &[Sequence],
+    scored: &[&[EncodedQuestion]],
+) -> anyhow::Result<()> {
     let vocab = llama.vocab_size;
+    let scored = || scored.iter().flat_map(|qs| qs.iter());
     if let Some(bad) = sequences
         .iter()
         .flat_map(|s| s.ids.iter())
-        .chain(
-            eval_questions
-                .iter()
-                .flat_map(|q| q.prompt.iter().chain(q.choices.iter().flatten())),
-        )
+        .chain(scored().flat_map(|q| q.prompt.iter().chain(q.choices.iter().flatten())))
         .find(|&&t| t < 0 || t >= vocab)
     {
         bail!(
@@ -208,16 +285,7 @@ pub fn train_lm(config: &Config, opts: &TrainOptions) -> anyhow::Result<LmSummar
             config.model.path.display()
         );
     }
-    if sequences.is_empty() {
-        bail!(
-            "every training sequence is longer than data.max_length = {} tokens; raise it",
-            config.data.max_length
-        );
-    }
-    if let Some(q) = eval_questions
-        .iter()
-        .find(|q| q.longest() as i64 - 1 > llama.max_position_embeddings)
-    {
+    if let Some(q) = scored().find(|q| q.longest() as i64 - 1 > llama.max_position_embeddings) {
         bail!(
             "{} row {}: prompt and choice take {} tokens, more than the model's context of {}",
             q.task.name(),
@@ -226,132 +294,71 @@ pub fn train_lm(config: &Config, opts: &TrainOptions) -> anyhow::Result<LmSummar
             llama.max_position_embeddings
         );
     }
-    let n_train = sequences.len();
-    let total_steps = config.total_steps(n_train as u64);
-    let origin = opts.output.join("config.toml").display().to_string();
-    if config.method.name == MethodName::Flexlora {
-        crate::validate::schedule(config, total_steps, &origin)?;
-        if !opts.quiet {
-            for w in crate::plan::movement_warnings(config, total_steps) {
-                eprintln!("warning: {w}");
-            }
-        }
+    Ok(())
+}
+
+/// Trains the decoder run described by `config` into `opts.output` through the training
+/// engine (so with step checkpoints, `--resume` and `--init-from`), selects the best epoch on
+/// the held-out training questions (`data.validation_fraction` of each task's), scores its
+/// evaluation questions and returns the summary.
+pub fn train_lm(config: &Config, opts: &TrainOptions) -> anyhow::Result<LmSummary> {
+    let wall = Instant::now();
+    let tc = &config.training;
+    crate::train::set_threads(tc.threads);
+    let device = crate::device::parse_device(&tc.device)?;
+    // Everything that can be refused is checked before the run directory is touched.
+    let (train_questions, eval_questions) = load_questions(config)?;
+    if train_questions.is_empty() {
+        bail!(
+            "{}: no training questions (data.train_per_task = 0?)",
+            config.data.path.display()
+        );
     }
-    if config.method.name == MethodName::Adalora {
-        crate::validate::adalora_schedule(config, total_steps, &origin)?;
-    }
-    let run = RunDir::prepare(&opts.output, config, false, opts.overwrite)?;
-    if skipped > 0 && !opts.quiet {
-        eprintln!(
-            "{skipped} of {n_total} training sequences are longer than data.max_length = {} \
-             tokens and are left out",
+    let (train_questions, validation) =
+        hold_out_validation(train_questions, config.data.validation_fraction);
+    LmModel::check_method(config.method.name)?;
+    let llama = crate::models::LlamaConfig::from_folder(&config.model.path)?;
+    let eos = llama.eos_token_ids.first().copied();
+    let max_len = (config.data.max_length as i64).min(llama.max_position_embeddings);
+    let (sequences, skipped) = training_sequences(&train_questions, eos, max_len);
+    check_tokens_fit(config, &llama, &sequences, &[&validation, &eval_questions])?;
+    if sequences.is_empty() {
+        bail!(
+            "every training sequence is longer than data.max_length = {} tokens; raise it",
             config.data.max_length
         );
     }
+    let n_train = sequences.len();
+    let total_steps = config.total_steps(n_train as u64);
+    crate::train::validate_schedule(config, total_steps, &opts.output, opts.quiet)?;
     tch::manual_seed(crate::train::step_seed(tc.seed, u64::MAX));
     let mut model = LmModel::build(config, device)?;
-    let mut optimiser = step::optimiser_for(config, &model);
-    let mut allocators = step::Allocators::for_model(config, &model, total_steps)?;
-    let plan = step::StepPlan::new(config, total_steps);
-    let mut state = TrainerState {
-        rank_history: vec![(0, allocators.ranks(&model))],
-        allocation_activity: flexlora_core::AllocationActivity::new(&allocators.ranks(&model)),
-        ..Default::default()
-    };
-    run.log_ranks(
-        &serde_json::json!({"step": 0, "ranks": state.rank_history[0].1, "initial": true}),
-    )?;
-
-    let batch_size = tc.batch_size as usize;
-    let micro_per_epoch = n_train.div_ceil(batch_size) as u64;
-    let lengths: Vec<usize> = sequences.iter().map(|s| s.ids.len()).collect();
-    let bar = super::progress_bar(total_steps, "steps", opts.quiet);
-    let mut window = (0.0f64, 0u64);
-    while state.epoch < tc.epochs && state.step < total_steps {
-        let bucket = tc.bucket_by_length.then_some(lengths.as_slice());
-        let order = crate::data::epoch_order(n_train, tc.seed, state.epoch, bucket, batch_size);
-        let micro: Vec<&[usize]> = order.chunks(batch_size).collect();
-        state.micro_in_epoch = 0;
-        while state.micro_in_epoch < micro_per_epoch && state.step < total_steps {
-            let started = Instant::now();
-            tch::manual_seed(crate::train::step_seed(tc.seed, state.step));
-            let first = state.micro_in_epoch;
-            let last = (first + tc.grad_accum).min(micro_per_epoch);
-            let micro_batches: Vec<_> = (first..last)
-                .map(|m| {
-                    let seqs: Vec<&Sequence> =
-                        micro[m as usize].iter().map(|&i| &sequences[i]).collect();
-                    batch(&seqs, pad, device)
-                })
-                .collect();
-            let step_loss = step::accumulate(&model, config, micro_batches.len(), |k| {
-                let (input, positions, targets) = &micro_batches[k];
-                answer_loss(&model, (input, positions, targets), true)
-            });
-            if !step_loss.is_finite() {
-                bail!(
-                    "the training loss ({step_loss}) at optimiser step {}: training stopped; \
-                     lower optimiser.lr",
-                    state.step + 1
-                );
-            }
-            let mut update = step::apply_update(
-                &mut model,
-                &mut optimiser,
-                &mut allocators,
-                &plan,
-                (
-                    state.step,
-                    crate::train::step_seed(
-                        tc.seed,
-                        (state.step + 1) | crate::train::ALLOCATION_SALT,
-                    ),
-                ),
-                &mut state.allocation_activity,
-                Some(&|m: &LmModel| {
-                    let (input, positions, targets) = &micro_batches[0];
-                    answer_loss(m, (input, positions, targets), false).double_value(&[])
-                }),
-            )?;
-            state.allocation_seconds += update.allocation_seconds;
-            state.step += 1;
-            state.micro_in_epoch = last;
-            run.record_rank_changes(&mut state, update.mask.take(), update.allocation.take())?;
-            window = (window.0 + step_loss, window.1 + 1);
-            if state.step % tc.log_every == 0 || state.step == total_steps {
-                let mean = window.0 / window.1.max(1) as f64;
-                state.loss_history.push((state.step, mean));
-                run.log_metrics(&serde_json::json!({
-                    "step": state.step, "epoch": state.epoch + 1, "loss": mean, "lr": update.lr,
-                    "grad_norm": update.grad_norm,
-                    "total_rank": allocators.ranks(&model).iter().sum::<usize>(),
-                    "trainable_parameters": allocators.trainable_parameters(&model),
-                }))?;
-                bar.set_message(format!("loss {mean:.4}"));
-                window = (0.0, 0);
-            }
-            bar.set_position(state.step);
-            state.train_seconds += started.elapsed().as_secs_f64();
-        }
-        state.epoch += 1;
+    let run = RunDir::prepare(&opts.output, config, opts.resume, opts.overwrite)?;
+    if skipped > 0 && !opts.quiet {
+        eprintln!(
+            "{skipped} of {} training sequences are longer than data.max_length = {} \
+             tokens and are left out",
+            train_questions.len(),
+            config.data.max_length
+        );
     }
-    bar.finish_and_clear();
-    save_adapter(&opts.output, &model)?;
+    let task = CausalLmTask {
+        sequences,
+        validation,
+        pad: eos.unwrap_or(0),
+        device,
+    };
+    let trained = engine::train_task(config, opts, &run, &task, &mut model, total_steps)?;
+    let (state, allocators, best) = (&trained.state, &trained.allocators, &trained.best);
 
+    // The evaluation questions, scored with the best validation epoch's adapters.
     let eval_started = Instant::now();
     let outcomes = score_all(&model.model, &eval_questions, opts.quiet)?;
     let eval_seconds = eval_started.elapsed().as_secs_f64();
     let table = accuracies(&outcomes);
     write_outcomes(&opts.output.join("predictions.jsonl"), &outcomes)?;
-    run.log_metrics(&serde_json::json!({"step": state.step, "test": table}))?;
-    run.plots(
-        &state,
-        &matrix_labels(&model.adapted_paths),
-        match allocators.adalora {
-            Some(_) => config.method.r_init,
-            None => config.method.r_max,
-        },
-        "acc",
+    run.log_metrics(
+        &serde_json::json!({"step": state.step, "test": table, "best_epoch": best.epoch + 1}),
     )?;
     if !opts.quiet {
         eprint!("{}", markdown_table(&table));
@@ -359,7 +366,10 @@ pub fn train_lm(config: &Config, opts: &TrainOptions) -> anyhow::Result<LmSummar
     let summary = LmSummary {
         method: config.method.name,
         tasks: table,
+        validation_accuracy: best.metric.is_finite().then_some(best.metric),
+        best_epoch: best.epoch + 1,
         train_sequences: [n_train, skipped],
+        validation_questions: task.validation.len(),
         eval_questions: eval_questions.len(),
         trainable_parameters: allocators.trainable_parameters(&model),
         total_rank: allocators.ranks(&model).iter().sum(),
@@ -378,19 +388,6 @@ pub fn train_lm(config: &Config, opts: &TrainOptions) -> anyhow::Result<LmSummar
         std::io::Write::write_all(w, text.as_bytes())
     })?;
     Ok(summary)
-}
-
-/// Writes the adapters to `<run>/adapter.safetensors` through a temporary file.
-fn save_adapter(run: &Path, model: &LmModel) -> anyhow::Result<()> {
-    let path = run.join(ADAPTER_FILE);
-    let tmp = run.join(format!(".{ADAPTER_FILE}.tmp-{}", std::process::id()));
-    let state = model.state();
-    Tensor::write_safetensors(&state, &tmp)
-        .and_then(|_| std::fs::rename(&tmp, &path).map_err(Into::into))
-        .with_context(|| format!("writing {}", path.display()))
-        .inspect_err(|_| {
-            let _ = std::fs::remove_file(&tmp);
-        })
 }
 
 /// One JSON line per scored question (task, row, answer, each choice's score), atomically.

@@ -1,18 +1,17 @@
-//! `flexlora train`: the training loop, evaluation, checkpoints and the run directory.
+//! `flexlora train` for classifiers (text and images): the task the training engine
+//! ([`engine`]) runs, evaluation, checkpoints and the run directory.
 //!
 //! One optimiser step = `grad_accum` micro-batches: forward, task loss + orthogonality
 //! regulariser (divided by the number of micro-batches), backward; then gradient clipping, the
 //! AdamW step at the scheduled learning rate, for AdaLoRA the sensitivity update and masking
 //! (before the gradients are zeroed, as PEFT's `update_and_allocate`; see [`crate::adalora`]),
-//! and, for FlexLoRA, the allocation step if the schedule says so. Steps are counted in
-//! optimiser steps everywhere.
-//!
-//! Determinism: LibTorch's generator is re-seeded from `(seed, step)` before every optimiser
-//! step and before every allocation, and each epoch's data order is a function of
-//! `(seed, epoch)`; so a run resumed from any checkpoint continues bit-identically.
+//! and, for FlexLoRA, the allocation step if the schedule says so ([`step`]). Steps are
+//! counted in optimiser steps everywhere. The loop itself, its checkpoints and its
+//! determinism are the engine's, shared with decoder runs ([`crate::lm::train_lm`]).
 
 pub mod checkpoint;
 pub mod commands;
+pub mod engine;
 pub mod eval;
 pub mod guards;
 mod memory;
@@ -23,10 +22,8 @@ pub mod step;
 use crate::config::{Config, MethodName};
 use crate::data::{self, Example};
 use crate::models::{ModelInput, Preprocessor};
-use anyhow::{Context, bail};
-use checkpoint::{BestEpoch, TrainerState};
-use guards::NonFinite;
-use indicatif::{ProgressBar, ProgressStyle};
+use anyhow::bail;
+use engine::{TrainingTask, Validation};
 use model::TaskModel;
 use run::RunDir;
 use std::path::PathBuf;
@@ -147,221 +144,89 @@ pub(crate) fn batch_tensors(
     Ok((input, Tensor::from_slice(&labels).to_device(device)))
 }
 
+/// Sequence or image classification (and regression) as a [`TrainingTask`]: batches of
+/// labelled examples, the model's task loss, the validation split's metric.
+struct ClassificationTask<'a> {
+    preprocessor: &'a Preprocessor,
+    splits: &'a data::Splits,
+    eval_batch_size: usize,
+    device: Device,
+}
+
+impl TrainingTask for ClassificationTask<'_> {
+    type Model = TaskModel;
+    type Batch = (ModelInput, Tensor);
+
+    fn train_len(&self) -> usize {
+        self.splits.train.len()
+    }
+
+    fn train_lengths(&self) -> Vec<usize> {
+        self.splits.train.iter().map(|e| e.text.len()).collect()
+    }
+
+    fn batch(&self, indices: &[usize]) -> anyhow::Result<Self::Batch> {
+        let examples: Vec<&Example> = indices.iter().map(|&i| &self.splits.train[i]).collect();
+        batch_tensors(self.preprocessor, &examples, self.device)
+    }
+
+    fn loss(&self, model: &TaskModel, (input, labels): &Self::Batch, train: bool) -> Tensor {
+        model.loss(input, labels, train).0
+    }
+
+    fn validate(&self, model: &TaskModel) -> anyhow::Result<Option<Validation>> {
+        if self.splits.validation.is_empty() {
+            return Ok(None);
+        }
+        let metric = self.splits.metric;
+        let val = eval::evaluate(
+            model,
+            self.preprocessor,
+            &self.splits.validation,
+            metric,
+            self.eval_batch_size,
+            self.device,
+        )?;
+        Ok(Some(Validation {
+            metric: val.metric,
+            record: val.to_json(metric),
+            message: format!("{} {:.4} (loss {:.4})", metric.name(), val.metric, val.loss),
+        }))
+    }
+
+    fn metric_name(&self) -> &str {
+        self.splits.metric.name()
+    }
+}
+
 /// Trains the run described by `config` into `opts.output` and returns its summary.
 pub fn train(config: &Config, opts: &TrainOptions) -> anyhow::Result<Summary> {
     let wall = Instant::now();
     let tc = &config.training;
     set_threads(tc.threads);
     let device = crate::device::parse_device(&tc.device)?;
-    let run = RunDir::prepare(&opts.output, config, opts.resume, opts.overwrite)?;
-    // Before the data is read: a model that cannot read this kind of data is the clearer error.
+    // Everything that can be refused is checked before the run directory is touched: the
+    // model's kind of input first (the clearer error), then the data and the schedule.
     let preprocessor = Preprocessor::for_model(&config.model.path, &config.data)?;
-
     let splits = data::load_splits(&config.data)?;
     let n_train = splits.train.len();
     let total_steps = config.total_steps(n_train as u64);
-    if config.method.name == MethodName::Flexlora {
-        crate::validate::schedule(config, total_steps, &run.config_origin())?;
-        if !opts.quiet {
-            for w in crate::plan::movement_warnings(config, total_steps) {
-                eprintln!("warning: {w}");
-            }
-        }
-    }
-    if config.method.name == MethodName::Adalora {
-        crate::validate::adalora_schedule(config, total_steps, &run.config_origin())?;
-    }
+    validate_schedule(config, total_steps, &opts.output, opts.quiet)?;
     memory::check_step_memory(config, &preprocessor)?;
     tch::manual_seed(step_seed(tc.seed, u64::MAX));
     let mut model = TaskModel::build(config, splits.num_labels(), splits.task, device)?;
-    if let Some(source) = &opts.init_from {
-        if !opts.resume {
-            let best = source.join("checkpoints/best");
-            let dir = if best.exists() {
-                best
-            } else {
-                source.join("checkpoints/final")
-            };
-            run::load_model_checkpoint(&dir, &mut model)
-                .with_context(|| format!("--init-from {}", source.display()))?;
-        }
-    }
-    let mut optimiser = step::optimiser_for(config, &model);
-    let mut allocators = step::Allocators::for_model(config, &model, total_steps)?;
-    let plan = step::StepPlan::new(config, total_steps);
-
-    // AdaLoRA's rank is the number of triplets its latest mask kept (crate::adalora).
-    if opts.resume {
-        // Folders a killed writer left half-made (never read: they have no final name).
-        for dir in [run.checkpoints(), opts.output.clone()] {
-            crate::io::remove_stale_temporaries(&dir);
-        }
-    }
-    let mut state = match run.latest_checkpoint(opts.resume)? {
-        Some(dir) => {
-            let state = run.load_checkpoint(&dir, &mut model, &mut optimiser)?;
-            if let Some(a) = allocators.checkpointed_mut() {
-                run.load_allocator(&dir, a)?;
-            }
-            if !opts.quiet {
-                eprintln!(
-                    "resuming {} from optimiser step {}",
-                    opts.output.display(),
-                    state.step
-                );
-            }
-            state
-        }
-        None => {
-            let state = TrainerState {
-                rank_history: vec![(0, allocators.ranks(&model))],
-                allocation_activity: flexlora_core::AllocationActivity::new(
-                    &allocators.ranks(&model),
-                ),
-                ..Default::default()
-            };
-            run.log_ranks(
-                &serde_json::json!({"step": 0, "ranks": allocators.ranks(&model), "initial": true}),
-            )?;
-            state
-        }
+    let run = RunDir::prepare(&opts.output, config, opts.resume, opts.overwrite)?;
+    let task = ClassificationTask {
+        preprocessor: &preprocessor,
+        splits: &splits,
+        eval_batch_size: tc.eval_batch_size as usize,
+        device,
     };
-
-    let batch = tc.batch_size as usize;
-    let accum = tc.grad_accum;
-    let micro_per_epoch = n_train.div_ceil(batch) as u64;
-    let lengths: Vec<usize> = splits.train.iter().map(|e| e.text.len()).collect();
-    let bar = if opts.quiet {
-        ProgressBar::hidden()
-    } else {
-        ProgressBar::new(total_steps).with_style(
-            ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  {per_sec}  eta {eta}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
-        )
-    };
-    bar.set_position(state.step);
-    let mut last_checkpoint_step = state.step;
-
-    while state.epoch < tc.epochs && state.step < total_steps {
-        let bucket = tc.bucket_by_length.then_some(lengths.as_slice());
-        let order = data::epoch_order(n_train, tc.seed, state.epoch, bucket, batch);
-        let micro: Vec<&[usize]> = order.chunks(batch).collect();
-        while state.micro_in_epoch < micro_per_epoch && state.step < total_steps {
-            let step_started = Instant::now();
-            tch::manual_seed(step_seed(tc.seed, state.step));
-            let first = state.micro_in_epoch;
-            let last = (first + accum).min(micro_per_epoch);
-            let mut micro_batches = Vec::with_capacity((last - first) as usize);
-            for k in first..last {
-                let examples: Vec<&Example> = micro[k as usize]
-                    .iter()
-                    .map(|&i| &splits.train[i])
-                    .collect();
-                micro_batches.push(batch_tensors(&preprocessor, &examples, device)?);
-            }
-            let step_loss = step::accumulate_gradients(&model, &micro_batches, config);
-            let update = if step_loss.is_finite() {
-                step::apply_update(
-                    &mut model,
-                    &mut optimiser,
-                    &mut allocators,
-                    &plan,
-                    (
-                        state.step,
-                        step_seed(tc.seed, (state.step + 1) | ALLOCATION_SALT),
-                    ),
-                    &mut state.allocation_activity,
-                    Some(&|m: &TaskModel| {
-                        let (input, labels) = &micro_batches[0];
-                        m.loss(input, labels, false).0.double_value(&[])
-                    }),
-                )
-            } else {
-                Err(NonFinite {
-                    what: format!("the training loss ({step_loss})"),
-                    step: state.step + 1,
-                }
-                .into())
-            }
-            .map_err(|e| stop_on_non_finite(e, &run, state.epoch))?;
-            let (grad_norm, lr) = (update.grad_norm, update.lr);
-            state.allocation_seconds += update.allocation_seconds;
-            state.step += 1;
-            state.micro_in_epoch = last;
-            run.record_rank_changes(&mut state, update.mask, update.allocation)?;
-            let window = &mut state.loss_window;
-            *window = (window.0 + step_loss, window.1 + 1);
-            if state.step % tc.log_every == 0 || state.step == total_steps {
-                let mean = state.loss_window.0 / state.loss_window.1.max(1) as f64;
-                state.loss_history.push((state.step, mean));
-                run.log_metrics(&serde_json::json!({
-                    "step": state.step, "epoch": state.epoch + 1, "loss": mean, "lr": lr,
-                    "grad_norm": grad_norm,
-                    "total_rank": allocators.ranks(&model).iter().sum::<usize>(),
-                    "trainable_parameters": allocators.trainable_parameters(&model),
-                }))?;
-                bar.set_message(format!("loss {mean:.4}"));
-                state.loss_window = (0.0, 0);
-            }
-            bar.set_position(state.step);
-            state.train_seconds += step_started.elapsed().as_secs_f64();
-            // At an epoch's last step the epoch-end checkpoint follows; none is written here, so
-            // a checkpoint's step never splits an epoch end from its validation record.
-            let epoch_ends = state.micro_in_epoch >= micro_per_epoch;
-            if !epoch_ends && state.step - last_checkpoint_step >= tc.checkpoint_every {
-                run.save_checkpoint(&state, &model, &optimiser, allocators.checkpointed())?;
-                last_checkpoint_step = state.step;
-            }
-        }
-        if state.micro_in_epoch >= micro_per_epoch {
-            let val = eval::evaluate(
-                &model,
-                &preprocessor,
-                &splits.validation,
-                splits.metric,
-                tc.eval_batch_size as usize,
-                device,
-            )?;
-            state.validation_history.push((state.step, val.metric));
-            run.log_metrics(&serde_json::json!({
-                "step": state.step, "epoch": state.epoch + 1, "validation": val.to_json(splits.metric),
-            }))?;
-            if !opts.quiet {
-                bar.println(format!(
-                    "epoch {}: validation {} {:.4} (loss {:.4})",
-                    state.epoch + 1,
-                    splits.metric.name(),
-                    val.metric,
-                    val.loss
-                ));
-            }
-            if state.best.as_ref().is_none_or(|b| val.metric > b.metric) {
-                state.best = Some(BestEpoch {
-                    epoch: state.epoch,
-                    step: state.step,
-                    metric: val.metric,
-                });
-                run.save_best(&model)?;
-            }
-            state.epoch += 1;
-            state.micro_in_epoch = 0;
-            run.save_checkpoint(&state, &model, &optimiser, allocators.checkpointed())?;
-            last_checkpoint_step = state.step;
-        }
-    }
-    bar.finish_and_clear();
-    run.save_final(&state, &model, allocators.checkpointed())?;
+    let trained = engine::train_task(config, opts, &run, &task, &mut model, total_steps)?;
+    let (state, allocators, best) = (&trained.state, &trained.allocators, &trained.best);
 
     // Test with the best validation epoch's parameters (the final state when there was no
     // validation split).
-    let best = state.best.clone().unwrap_or(BestEpoch {
-        epoch: state.epoch.saturating_sub(1),
-        step: state.step,
-        metric: f64::NAN,
-    });
-    if state.best.is_some() {
-        run.load_best(&mut model)?;
-    }
     let test = eval::evaluate(
         &model,
         &preprocessor,
@@ -371,16 +236,6 @@ pub fn train(config: &Config, opts: &TrainOptions) -> anyhow::Result<Summary> {
         device,
     )?;
     run.log_metrics(&serde_json::json!({"step": state.step, "test": test.to_json(splits.metric), "best_epoch": best.epoch + 1}))?;
-    let matrix_labels = run::matrix_labels(&model.adapted_paths);
-    run.plots(
-        &state,
-        &matrix_labels,
-        match allocators.adalora {
-            Some(_) => config.method.r_init,
-            None => config.method.r_max,
-        },
-        splits.metric.name(),
-    )?;
     let summary = Summary {
         method: config.method.name,
         metric: splits.metric.name().to_string(),
@@ -418,20 +273,29 @@ pub fn train(config: &Config, opts: &TrainOptions) -> anyhow::Result<Summary> {
     Ok(summary)
 }
 
-/// Adds to a [`NonFinite`] error which checkpoint a resumed run would start from and what to
-/// change; other errors pass through.
-fn stop_on_non_finite(e: anyhow::Error, run: &RunDir, epoch: u64) -> anyhow::Error {
-    if !e.is::<NonFinite>() {
-        return e;
+/// Refuses a FlexLoRA or AdaLoRA schedule that does not fit a run of `total_steps` steps
+/// (naming the config the run in `output` has), and prints FlexLoRA's warnings when its ranks
+/// cannot move (unless `quiet`).
+pub(crate) fn validate_schedule(
+    config: &Config,
+    total_steps: u64,
+    output: &std::path::Path,
+    quiet: bool,
+) -> anyhow::Result<()> {
+    let origin = output.join("config.toml").display().to_string();
+    match config.method.name {
+        MethodName::Flexlora => {
+            crate::validate::schedule(config, total_steps, &origin)?;
+            if !quiet {
+                for w in crate::plan::movement_warnings(config, total_steps) {
+                    eprintln!("warning: {w}");
+                }
+            }
+        }
+        MethodName::Adalora => crate::validate::adalora_schedule(config, total_steps, &origin)?,
+        _ => {}
     }
-    let last_good = match checkpoint::latest_valid(&run.checkpoints()) {
-        Some(dir) => format!("the last good checkpoint is {}", dir.display()),
-        None => "no checkpoint had been written yet".to_string(),
-    };
-    anyhow::anyhow!(
-        "{e} (epoch {}): training stopped; {last_good}. Lower optimiser.lr or check the data.",
-        epoch + 1
-    )
+    Ok(())
 }
 
 /// The run's resolved config, as written in its directory.

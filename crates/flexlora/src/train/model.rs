@@ -73,6 +73,14 @@ pub trait TrainableModel {
     fn optimiser_groups(&self) -> Vec<Vec<(&Tensor, Option<usize>)>>;
     /// Trainable parameters that take part (SVD adapters: active slots only).
     fn trainable_parameters(&self) -> i64;
+    /// Module paths of the adapted layers, in model order (the order of every log and plot).
+    fn adapted_paths(&self) -> &[String];
+    /// The trainable state as named tensors (what a checkpoint's `model.safetensors` holds):
+    /// detached copies on the CPU.
+    fn state(&self) -> Vec<(String, Tensor)>;
+    /// Restores a state written by [`TrainableModel::state`] for the same config, in place (the
+    /// optimiser keeps pointing at the same tensors); names and shapes must match.
+    fn load_state(&mut self, state: &HashMap<String, Tensor>) -> anyhow::Result<()>;
 }
 
 impl TrainableModel for TaskModel {
@@ -90,6 +98,15 @@ impl TrainableModel for TaskModel {
     }
     fn trainable_parameters(&self) -> i64 {
         TaskModel::trainable_parameters(self)
+    }
+    fn adapted_paths(&self) -> &[String] {
+        &self.adapted_paths
+    }
+    fn state(&self) -> Vec<(String, Tensor)> {
+        TaskModel::state(self)
+    }
+    fn load_state(&mut self, state: &HashMap<String, Tensor>) -> anyhow::Result<()> {
+        TaskModel::load_state(self, state)
     }
 }
 

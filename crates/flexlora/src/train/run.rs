@@ -13,7 +13,7 @@
 
 use super::Summary;
 use super::checkpoint::{self, TrainerState};
-use super::model::TaskModel;
+use super::model::TrainableModel;
 use crate::adalora::AdaLoraAllocator;
 use crate::config::Config;
 use crate::optim::AdamW;
@@ -132,10 +132,10 @@ impl RunDir {
 
     /// Restores model, optimiser and trainer state from a checkpoint, and cuts the logs back to
     /// that step so the resumed run appends exactly what an uninterrupted one would have.
-    pub fn load_checkpoint(
+    pub fn load_checkpoint<M: TrainableModel + ?Sized>(
         &self,
         dir: &Path,
-        model: &mut TaskModel,
+        model: &mut M,
         optimiser: &mut AdamW,
     ) -> anyhow::Result<TrainerState> {
         let tensors = read_tensors(&dir.join("model.safetensors"))?;
@@ -154,10 +154,10 @@ impl RunDir {
 
     /// Writes a step checkpoint (with the allocator's own state, e.g. AdaLoRA's in
     /// `adalora.safetensors`, when given) and removes old ones.
-    pub fn save_checkpoint(
+    pub fn save_checkpoint<M: TrainableModel + ?Sized>(
         &self,
         state: &TrainerState,
-        model: &TaskModel,
+        model: &M,
         optimiser: &AdamW,
         allocator: Option<&dyn CheckpointedState>,
     ) -> anyhow::Result<()> {
@@ -177,7 +177,7 @@ impl RunDir {
     }
 
     /// Writes the best validation epoch's trainable state.
-    pub fn save_best(&self, model: &TaskModel) -> anyhow::Result<()> {
+    pub fn save_best<M: TrainableModel + ?Sized>(&self, model: &M) -> anyhow::Result<()> {
         checkpoint::write_checkpoint(&self.checkpoints().join("best"), |tmp| {
             Ok(Tensor::write_safetensors(
                 &model.state(),
@@ -187,16 +187,16 @@ impl RunDir {
     }
 
     /// Loads the best validation epoch's trainable state into `model`.
-    pub fn load_best(&self, model: &mut TaskModel) -> anyhow::Result<()> {
+    pub fn load_best<M: TrainableModel + ?Sized>(&self, model: &mut M) -> anyhow::Result<()> {
         load_model_checkpoint(&self.checkpoints().join("best"), model)
     }
 
     /// Writes the final trainable state and trainer state (and the allocator's state: for
     /// AdaLoRA, its `adalora.<k>.keep` flags are the final rank pattern).
-    pub fn save_final(
+    pub fn save_final<M: TrainableModel + ?Sized>(
         &self,
         state: &TrainerState,
-        model: &TaskModel,
+        model: &M,
         allocator: Option<&dyn CheckpointedState>,
     ) -> anyhow::Result<()> {
         checkpoint::write_checkpoint(&self.checkpoints().join("final"), |tmp| {
@@ -340,7 +340,10 @@ fn save_allocator(dir: &Path, allocator: Option<&dyn CheckpointedState>) -> anyh
 }
 
 /// Loads `model.safetensors` of a verified checkpoint folder into `model`.
-pub fn load_model_checkpoint(dir: &Path, model: &mut TaskModel) -> anyhow::Result<()> {
+pub fn load_model_checkpoint<M: TrainableModel + ?Sized>(
+    dir: &Path,
+    model: &mut M,
+) -> anyhow::Result<()> {
     checkpoint::verify_checkpoint(dir)?;
     let tensors = read_tensors(&dir.join("model.safetensors"))?;
     model
