@@ -4,7 +4,8 @@
 //! missing file, a column missing in one file only or a label seen only outside the training
 //! file is an error naming that file; `flexlora eval` on a run trained on split files reads the
 //! same files. Also `data.encoding`: a windows-1252 file reads to the right strings, and the
-//! same file as UTF-8 is refused with its line named.
+//! same file as UTF-8 is refused with its line named; and a run stopped before its first
+//! validation says so in its printed summary.
 
 mod common;
 
@@ -420,4 +421,23 @@ fn train_then_eval_read_the_same_split_files() {
         "{accuracy} vs {reported}"
     );
     assert_eq!(eval("validation")["examples"], 8);
+}
+
+/// A run that `training.max_steps` stops before its first epoch ends never validates: the
+/// printed summary says so instead of printing NaN, and summary.json holds `null`.
+#[test]
+fn a_run_stopped_before_validation_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let o = common::run_flexlora(&small_run(dir.path(), &out, &["training.max_steps=2"]));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let printed = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        printed.contains("no validation ran") && !printed.contains("NaN"),
+        "{printed}"
+    );
+    let summary = summary(&out);
+    assert_eq!(summary["steps"], 2);
+    assert!(summary["validation_metric"].is_null(), "{summary}");
+    assert!(summary["test_metric"].as_f64().is_some());
 }
