@@ -263,8 +263,8 @@ fn read_shard(
     out: &mut Vec<RawExample>,
 ) -> Result<(), DataError> {
     let wanted = find_columns(file, layout, shard.schema())?;
-    let mask = ProjectionMask::roots(shard.parquet_schema(), wanted.iter().map(|w| w.index));
     let read = catch_unwind(AssertUnwindSafe(|| -> Result<(), DataError> {
+        let mask = ProjectionMask::roots(shard.parquet_schema(), wanted.iter().map(|w| w.index));
         let reader = shard
             .with_projection(mask)
             .build()

@@ -145,7 +145,11 @@ pub(crate) fn check_files(cfg: &DataConfig) -> Result<(), FilesProblem> {
 impl Source {
     pub(super) fn of(cfg: &DataConfig) -> Result<Self, DataError> {
         check_files(cfg).map_err(|p| DataError::Config {
-            path: cfg.location().to_path_buf(),
+            // A `[data]` that names no file at all is reported as the section.
+            path: match cfg.location() {
+                l if l.as_os_str().is_empty() => PathBuf::from("[data]"),
+                l => l.to_path_buf(),
+            },
             message: format!("{} = {}: {}", p.key, p.value, p.message),
         })?;
         let encoding = cfg.text_encoding().unwrap_or(encoding_rs::UTF_8);
@@ -368,5 +372,35 @@ impl Source {
                 }
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::DataConfig;
+    use crate::data::{count_examples, load_splits};
+
+    /// A `[data]` built in code (never validated) that names its files inconsistently is
+    /// refused by the readers too, naming the key.
+    #[test]
+    fn unvalidated_file_settings_are_data_errors() {
+        let mut cfg: DataConfig = toml::from_str("path = 'd.csv'").unwrap();
+        cfg.test = Some("t.csv".into());
+        let e = load_splits(&cfg).unwrap_err().to_string();
+        assert!(
+            e.starts_with("d.csv: data.test = \"t.csv\": needs data.train"),
+            "{e}"
+        );
+        cfg.path = Default::default();
+        cfg.test = None;
+        let e = count_examples(&cfg).unwrap_err().to_string();
+        assert!(e.starts_with("[data]: data.path = (missing)"), "{e}");
+        cfg.train = Some("train.csv".into());
+        cfg.encoding = "no-such-encoding".into();
+        let e = load_splits(&cfg).unwrap_err().to_string();
+        assert!(
+            e.starts_with("train.csv: data.encoding = \"no-such-encoding\": not a known"),
+            "{e}"
+        );
     }
 }
