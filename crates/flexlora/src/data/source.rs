@@ -52,7 +52,8 @@ pub(crate) struct FilesProblem {
 }
 
 /// Checks that `[data]` names its files in one of the accepted ways: `path` (one file or
-/// folder) or `train` with optional `validation` and `test`; the encoding is known and used.
+/// folder) or `train` with optional `validation` and `test`; and that the encoding is known
+/// and applies to the format.
 /// [`crate::validate`] reports the problem against the config; the data readers against the
 /// data (a `DataConfig` built in code is never validated).
 pub(crate) fn check_files(cfg: &DataConfig) -> Result<(), FilesProblem> {
@@ -116,6 +117,11 @@ pub(crate) fn check_files(cfg: &DataConfig) -> Result<(), FilesProblem> {
             }
         }
     }
+    check_encoding(cfg)
+}
+
+/// `data.encoding` names a known text encoding, and one other than UTF-8 only for text files.
+fn check_encoding(cfg: &DataConfig) -> Result<(), FilesProblem> {
     let encoding = || FilesProblem {
         key: "data.encoding",
         value: format!("\"{}\"", cfg.encoding),
