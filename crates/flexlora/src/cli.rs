@@ -464,12 +464,11 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             }
             let s = crate::train::train(&cfg, &opts)?;
             println!(
-                "{}: test {} {:.4} (best validation epoch {}, validation {:.4}); {} trainable parameters; {:.1} s, {:.2} steps/s",
+                "{}: test {} {:.4} ({}); {} trainable parameters; {:.1} s, {:.2} steps/s",
                 output.display(),
                 s.metric,
                 s.test_metric,
-                s.best_epoch,
-                s.validation_metric,
+                validation_note(&s),
                 s.trainable_parameters,
                 s.wall_seconds,
                 s.steps_per_second
@@ -586,5 +585,22 @@ fn shell_word(arg: &str) -> String {
         arg.to_string()
     } else {
         format!("'{}'", arg.replace('\'', "'\\''"))
+    }
+}
+
+/// The printed summary's words on validation: the best epoch and its metric, or, when no
+/// validation ran (training stopped before the first epoch ended, e.g. at
+/// `training.max_steps`; `summary.json` then holds `null`), that the test used the final
+/// parameters.
+fn validation_note(s: &crate::train::Summary) -> String {
+    if s.validation_metric.is_finite() {
+        format!(
+            "best validation epoch {}, validation {:.4}",
+            s.best_epoch, s.validation_metric
+        )
+    } else {
+        "no validation ran: training stopped before the first epoch ended, so the test used \
+         the final parameters"
+            .to_string()
     }
 }

@@ -106,6 +106,9 @@ pub enum DataFormat {
     Tsv,
     /// One JSON object per line.
     Jsonl,
+    /// Apache Parquet: one `.parquet` file, or a folder of shards (every `*.parquet` file in
+    /// it, in file-name order, all with the same schema); columns by name or schema position.
+    Parquet,
     /// A Hugging Face `datasets` folder written by `save_to_disk` (Arrow IPC stream files),
     /// or one such `.arrow` file; columns by name.
     Arrow,
@@ -130,6 +133,17 @@ impl DataFormat {
     /// Whether examples are images rather than texts.
     pub fn is_image(self) -> bool {
         matches!(self, DataFormat::Idx | DataFormat::PixelCsv)
+    }
+
+    /// Whether the format is text read through `data.encoding` (CSV, TSV, JSONL).
+    pub fn is_text(self) -> bool {
+        matches!(self, DataFormat::Csv | DataFormat::Tsv | DataFormat::Jsonl)
+    }
+
+    /// Whether files hold rows of labelled texts with named or numbered columns (text formats,
+    /// Arrow, Parquet): the formats that take separate split files (`data.train`).
+    pub fn is_table(self) -> bool {
+        self.is_text() || matches!(self, DataFormat::Arrow | DataFormat::Parquet)
     }
 }
 
@@ -209,8 +223,28 @@ impl MetricName {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataConfig {
-    /// The data file; with a `preset`, the GLUE task folder (train.tsv, dev.tsv, ...).
+    /// The data file (one file, split by the seeded fractions); with a `preset`, the GLUE task
+    /// folder (train.tsv, dev.tsv, ...). Empty when the data comes as separate split files
+    /// (`train`, with optional `validation` and `test`); exactly one of `path` and `train` is
+    /// given.
+    #[serde(default, skip_serializing_if = "path_is_unset")]
     pub path: PathBuf,
+    /// The training file of a data set that comes as separate split files (instead of `path`);
+    /// a part without its own file is drawn from it ([`crate::data`] has the rules).
+    #[serde(default)]
+    pub train: Option<PathBuf>,
+    /// The validation file (with `train`); without it, validation examples come from `train`.
+    #[serde(default)]
+    pub validation: Option<PathBuf>,
+    /// The test file (with `train`); without it, test examples come from `train`.
+    #[serde(default)]
+    pub test: Option<PathBuf>,
+    /// Text encoding of CSV, TSV and JSONL files: a WHATWG label such as `utf-8`,
+    /// `windows-1252` (`cp1252`), `latin1` / `latin-1` / `iso-8859-1` (decoded as
+    /// windows-1252, as browsers do) or `shift_jis`. Files are decoded to UTF-8 before they are
+    /// parsed.
+    #[serde(default = "default_encoding")]
+    pub encoding: String,
     /// A GLUE layout: sets format, header, columns, task and metric, and uses the task's dev
     /// file as the test set (GLUE's test labels are not public).
     #[serde(default)]
@@ -286,6 +320,34 @@ pub struct DataConfig {
     /// evaluation half; all when unset).
     #[serde(default)]
     pub eval_per_task: Option<u64>,
+}
+
+impl DataConfig {
+    /// The file or folder that stands for the data set in messages: `path`, or the training
+    /// file when the data comes as split files.
+    pub fn location(&self) -> &Path {
+        match &self.train {
+            Some(train) if path_is_unset(&self.path) => train,
+            _ => &self.path,
+        }
+    }
+
+    /// The decoder of `encoding`: a WHATWG label, or Python's spelling of one (`latin-1`,
+    /// `utf_8`, `euc_kr`: `_` for `-`, `latin-N` for `latinN`); `None` when it names no
+    /// encoding that decodes text (unknown labels, and WHATWG's `replacement` encoding, which
+    /// decodes nothing).
+    pub fn text_encoding(&self) -> Option<&'static encoding_rs::Encoding> {
+        let label = self.encoding.trim().to_ascii_lowercase();
+        let python = label.replace('_', "-");
+        let python = match python.strip_prefix("latin-") {
+            Some(n) => format!("latin{n}"),
+            None => python,
+        };
+        [label, python]
+            .iter()
+            .find_map(|l| encoding_rs::Encoding::for_label(l.as_bytes()))
+            .filter(|e| *e != encoding_rs::REPLACEMENT)
+    }
 }
 
 /// The fine-tuning methods.
@@ -608,6 +670,13 @@ impl Precision {
 
 fn default_targets() -> Vec<String> {
     vec!["query".into(), "value".into()]
+}
+/// `data.path` left out (the data comes as split files, `data.train`).
+fn path_is_unset(path: &Path) -> bool {
+    path.as_os_str().is_empty()
+}
+fn default_encoding() -> String {
+    "utf-8".into()
 }
 fn default_format() -> DataFormat {
     DataFormat::Csv

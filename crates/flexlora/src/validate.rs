@@ -132,6 +132,14 @@ pub fn check(config: &Config, origin: &str) -> Result<(), ConfigError> {
         c.require(unit_open(beta), key, beta, "must be in (0, 1)")?;
     }
     let d = &config.data;
+    if let Err(p) = crate::data::check_files(d) {
+        return Err(ConfigError::Invalid {
+            origin: origin.to_string(),
+            key: p.key.to_string(),
+            value: p.value,
+            message: p.message,
+        });
+    }
     c.require(
         unit_open(d.train_fraction),
         "data.train_fraction",

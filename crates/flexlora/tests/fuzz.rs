@@ -180,7 +180,7 @@ fn set_overrides_never_panic() {
 }
 
 /// The data readers with each format's layout (CSV and TSV from the real Pang & Lee file,
-/// JSONL built from the same sentences).
+/// JSONL and Parquet built from the same sentences).
 #[test]
 fn data_files_never_panic() {
     let dir = tempfile::tempdir().unwrap();
@@ -241,6 +241,45 @@ fn data_files_never_panic() {
     fuzz("arrow", &seed, &file, cases(4), |_| {
         let _ = flexlora::data::load_splits(&cfg.data);
     });
+    // A Parquet file of the same real sentences (snappy, two row groups), read by column name.
+    let file = dir.path().join("data.parquet");
+    let seed = parquet_seed(&rows);
+    let cfg = Config::load(
+        &common::repo_root().join("configs/default.toml"),
+        &[
+            format!("data.path={:?}", file.display().to_string()),
+            "data.format=\"parquet\"".into(),
+            "data.text_column=\"sentence\"".into(),
+            "data.label_column=\"label\"".into(),
+        ],
+    )
+    .unwrap()
+    .config;
+    fuzz("parquet", &seed, &file, cases(4), |_| {
+        let _ = flexlora::data::count_examples(&cfg.data);
+        let _ = flexlora::data::load_splits(&cfg.data);
+    });
+}
+
+/// `(label, sentence)` rows as the bytes of a snappy Parquet file of two row groups.
+fn parquet_seed(rows: &[(&str, &String)]) -> Vec<u8> {
+    use arrow_array::{ArrayRef, RecordBatch, StringArray};
+    let labels: ArrayRef =
+        std::sync::Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.0)));
+    let texts: ArrayRef = std::sync::Arc::new(StringArray::from_iter_values(
+        rows.iter().map(|r| r.1.as_str()),
+    ));
+    let batch = RecordBatch::try_from_iter([("label", labels), ("sentence", texts)]).unwrap();
+    let props = parquet::file::properties::WriterProperties::builder()
+        .set_compression(parquet::basic::Compression::SNAPPY)
+        .set_max_row_group_row_count(Some(rows.len() / 2))
+        .build();
+    let mut bytes = Vec::new();
+    let mut w =
+        parquet::arrow::ArrowWriter::try_new(&mut bytes, batch.schema(), Some(props)).unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+    bytes
 }
 
 /// An IDX pair of the first `n` Fashion-MNIST training images in `dir`.

@@ -59,7 +59,7 @@ fn arrow_files(path: &Path) -> Result<Vec<PathBuf>, DataError> {
 
 /// The value of row `i` of `column` as JSON: scalars, lists as arrays, structs as objects
 /// (module docs); anything else is `null`.
-fn cell(column: &dyn Array, i: usize) -> Value {
+pub(super) fn cell(column: &dyn Array, i: usize) -> Value {
     if column.is_null(i) {
         return Value::Null;
     }

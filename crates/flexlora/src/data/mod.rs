@@ -11,18 +11,38 @@
 //!   `data.has_header`, the first (non-blank) record is the header.
 //! - **JSONL**: one JSON object per non-blank line. Text fields must be strings; a label may be
 //!   a string, a number (taken as written, e.g. `1` or `3.8`) or a boolean.
+//! - **Encoding** (CSV, TSV, JSONL): `data.encoding` (default `utf-8`) is a WHATWG label
+//!   (`windows-1252`, `cp1252`, `latin-1`, `shift_jis`, `utf-16le`, ...; `latin-1` and
+//!   `iso-8859-1` decode as windows-1252, as browsers do). UTF-8 files are parsed as they are
+//!   and a field or line that is not valid UTF-8 is an error naming its record and line. Any
+//!   other encoding is decoded to UTF-8 first (a byte-order mark of that encoding is dropped);
+//!   bytes that are not valid in it are an error naming the line.
+//! - **Arrow** (`data.format = "arrow"`): a Hugging Face `save_to_disk` folder or one Arrow IPC
+//!   stream file; rows are read as JSON objects are (fields by name).
+//! - **Parquet** (`data.format = "parquet"`): one `.parquet` file, or a folder whose
+//!   `*.parquet` files are its shards, read in file-name order (other files are ignored); every
+//!   shard must have the first shard's columns and types, else the error names the shard.
+//!   Text columns hold strings; a label column strings, integers, floats or booleans (written
+//!   as label text the way the Arrow reader writes them: `1`, `2.5`, `true`); dictionary
+//!   (categorical) columns of these are read through their values. A null (or a non-finite
+//!   float) in a used column is an error naming the shard, the row (1-based within the shard,
+//!   reported as its record) and the column. Corrupt files are an error naming the file.
 //! - **Columns**: a 0-based index (`text_column = 1`) works with or without a header; a name
 //!   (`text_column = "sentence"`) needs a header (CSV/TSV) and matches a header cell after
-//!   trimming, or is a JSONL field name. An index on JSONL is an error.
+//!   trimming, or is a JSONL / Arrow field name or Parquet column name. An index is a position
+//!   in a Parquet file's schema; on JSONL and Arrow it is an error.
 //! - Texts and label fields are trimmed of surrounding whitespace (the Pang & Lee sentences end
 //!   with a newline inside their quotes).
 //!
 //! # Labels
 //! - **Classification**: with `data.labels`, class `i` is `labels[i]` and any other value in a
 //!   file is an error naming the file, record, value and the allowed labels. Without it, the
-//!   classes are the distinct values found, sorted numerically when every one parses as a
-//!   number (so `-1` is class 0 and `1` class 1), else as strings (byte order). At least two
-//!   classes are required. [`Example::label`] is the class index as `f32`.
+//!   classes are the distinct values of the training pool (the one data file, `data.train`, or
+//!   a GLUE folder's `train.tsv`), sorted numerically when every one parses as a number (so
+//!   `-1` is class 0 and `1` class 1), else as strings (byte order); a value that only a
+//!   separate validation or test file holds is then an unknown label there, named with that
+//!   file and record. At least two classes are required. [`Example::label`] is the class index
+//!   as `f32`.
 //! - **Regression**: the label must parse as a finite `f32`; `data.labels` must not be set.
 //!
 //! # Metric
@@ -31,7 +51,7 @@
 //! class 1), Pearson and Spearman regression; other pairings are an error.
 //!
 //! # Splits
-//! - **One file** (no preset): its `n` examples are taken in the order
+//! - **One file** (`data.path`, no preset): its `n` examples are taken in the order
 //!   [`shuffled_indices`]`(n, data.split_seed)`; with
 //!   `s = `[`SplitSizes::of`]`(n, train_fraction, validation_fraction)`, the first `s.train`
 //!   go to train, the next `s.validation` to validation and the rest to test, each part in
@@ -45,15 +65,33 @@
 //!   metric ([`GlueSpec::of`]); `data.metric` and `data.labels`, when given, override the
 //!   preset's.
 //!
+//! - **Separate split files** (`data.train`, optional `data.validation` and `data.test`,
+//!   instead of `data.path`; CSV, TSV, JSONL, Arrow or Parquet, every file read with the same
+//!   columns, header setting and encoding): the training file is the pool, its `n` examples
+//!   taken in the order `shuffled_indices(n, split_seed)`; a part with its own file is that file
+//!   in file order. A part without one is drawn from the pool:
+//!   - train only: exactly the one-file rule above, as if `data.train` were `data.path`;
+//!   - train and test: the GLUE rule below (the last `round(n · validation_fraction)` of the
+//!     shuffled pool validate, the others train; `train_fraction` is ignored);
+//!   - train and validation: the one-file rule with no validation part: the first
+//!     `round(n · train_fraction)` train and the rest test (`validation_fraction` is ignored);
+//!   - all three: the whole pool trains (both fractions are ignored).
+//!
+//!   A split file that is missing, lacks a column or holds an unknown label is an error naming
+//!   that file. `data.path` and `data.train` together, or `data.validation` / `data.test`
+//!   without `data.train`, are config errors.
 //! - **Images** (`data.format = "idx" | "pixel_csv"`): an IDX folder's
 //!   `train-*` pair is the pool and its `t10k-*` pair, when present, the test set (as a GLUE
 //!   dev file); a pixel CSV file is one pool. Labels are the byte values / label fields as
 //!   written, ordered as above.
 //! - **Counts** (any format): `data.train_examples` and `data.validation_examples` replace
 //!   `round(n · fraction)` (VTAB-1K: 800 and 200 from the shuffled pool; with a separate test
-//!   set the rest of the pool is unused). `data.test_examples` caps the test set: the first
-//!   that many of the rest of the shuffled pool, or of a separate test set the indices
-//!   `shuffled_indices(n_test, derive_seed(split_seed, 0x7e57))[..k]` in file order.
+//!   set the rest of the pool is unused). `data.train_examples` takes the first that many of
+//!   the shuffled pool in every case (with a validation file too). `data.test_examples` caps
+//!   the test set: the first that many of the rest of the shuffled pool, or of a separate test
+//!   set the indices `shuffled_indices(n_test, derive_seed(split_seed, 0x7e57))[..k]` in file
+//!   order. With a validation file, `data.validation_examples` caps it the same way (stream
+//!   `0x7a11` instead of `0x7e57`).
 //!
 //! An empty training or test set is an error; an empty validation set is allowed
 //! (`validation_fraction = 0`).
@@ -66,19 +104,25 @@ mod arrow;
 pub mod commonsense;
 mod glue;
 mod images;
+mod labels;
 mod order;
+mod parquet;
 mod read;
 mod source;
+mod split;
 
 pub use glue::GlueSpec;
 pub use images::GreyImage;
 pub use order::{BUCKET_CHUNK_BATCHES, SplitMix64, derive_seed, epoch_order, shuffled_indices};
+pub use split::SplitSizes;
+
+pub(crate) use source::check_files;
 
 use crate::config::{DataConfig, MetricName, TaskKind};
 use read::RawExample;
 use source::Source;
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use split::PartCounts;
+use std::path::PathBuf;
 use thiserror::Error;
 
 /// A data set that could not be read or used.
@@ -109,6 +153,18 @@ pub enum DataError {
         line: u64,
         /// What is wrong.
         message: String,
+    },
+    /// A text file holds bytes that are not valid in its encoding (`data.encoding`).
+    #[error(
+        "{path}: line {line}: not valid {encoding} text (data.encoding); give the file's encoding"
+    )]
+    Encoding {
+        /// The data file.
+        path: PathBuf,
+        /// 1-based line of the first invalid byte.
+        line: u64,
+        /// The encoding's name.
+        encoding: &'static str,
     },
     /// The file holds no examples.
     #[error("{path}: no examples found")]
@@ -258,184 +314,66 @@ impl Splits {
     }
 }
 
-/// Sizes of the train / validation / test parts of a data set.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-pub struct SplitSizes {
-    /// Training examples.
-    pub train: u64,
-    /// Validation examples (model selection).
-    pub validation: u64,
-    /// Test examples (reported metric).
-    pub test: u64,
-}
-
-impl SplitSizes {
-    /// `train = round(n · train_fraction)`, `validation = round(n · validation_fraction)`,
-    /// `test` = the rest. Rounding (not flooring) keeps 4000 · 0.7 at 2800 despite `0.7` having
-    /// no exact binary form.
-    pub fn of(n: u64, train_fraction: f64, validation_fraction: f64) -> Self {
-        let part = |f: f64| ((n as f64 * f).round() as u64).min(n);
-        let train = part(train_fraction);
-        let validation = part(validation_fraction).min(n - train);
-        Self {
-            train,
-            validation,
-            test: n - train - validation,
-        }
-    }
-
-    /// A GLUE train pool of `n_pool` examples and a dev file of `n_test`:
-    /// `validation = round(n_pool · validation_fraction)`, `train` = the rest of the pool.
-    pub fn glue(n_pool: u64, validation_fraction: f64, n_test: u64) -> Self {
-        let validation = ((n_pool as f64 * validation_fraction).round() as u64).min(n_pool);
-        Self {
-            train: n_pool - validation,
-            validation,
-            test: n_test,
-        }
-    }
-}
-
 /// Counts the examples that [`load_splits`] would load, in all: the data file's records, or
-/// for a GLUE preset or an IDX folder the train pool's plus the test file's. Fields are not
-/// checked.
+/// for a GLUE preset, an IDX folder or separate split files the training pool's plus the
+/// separate parts'. Fields are not checked.
 pub fn count_examples(data: &DataConfig) -> Result<u64, DataError> {
-    let (_, pool, test) = Source::of(data).counts(data)?;
-    Ok(pool + test.unwrap_or(0))
+    let parts = Source::of(data)?.counts(data)?;
+    let separate = |p: Option<(PathBuf, u64)>| p.map_or(0, |(_, n)| n);
+    Ok(parts.pool.1 + separate(parts.validation) + separate(parts.test))
 }
 
 /// The sizes of the parts [`load_splits`] would make, from record counts alone (no labels are
 /// checked): what `flexlora schedule` needs to count optimiser steps.
 pub fn split_sizes(data: &DataConfig) -> Result<SplitSizes, DataError> {
-    let (path, pool, test) = Source::of(data).counts(data)?;
-    plan_sizes(data, &path, pool, test)
-}
-
-/// The sizes of the parts of a training pool of `n_pool` examples and a separate test set of
-/// `n_test` (module docs), checked to leave a training and a test set.
-fn plan_sizes(
-    cfg: &DataConfig,
-    path: &Path,
-    n_pool: u64,
-    n_test: Option<u64>,
-) -> Result<SplitSizes, DataError> {
-    let err = |message: String| DataError::Config {
-        path: cfg.path.clone(),
-        message,
+    let parts = Source::of(data)?.counts(data)?;
+    let counts = PartCounts {
+        pool: parts.pool.1,
+        validation: parts.validation.map(|(_, n)| n),
+        test: parts.test.map(|(_, n)| n),
     };
-    let mut sizes = if cfg.train_examples.is_some() || cfg.validation_examples.is_some() {
-        let part = |f: f64| (n_pool as f64 * f).round() as u64;
-        let train = cfg
-            .train_examples
-            .unwrap_or_else(|| part(cfg.train_fraction));
-        let validation = cfg
-            .validation_examples
-            .unwrap_or_else(|| part(cfg.validation_fraction));
-        if train.saturating_add(validation) > n_pool {
-            return Err(err(format!(
-                "{train} training + {validation} validation examples (data.train_examples, \
-                 data.validation_examples) are more than the {n_pool} of {}",
-                path.display()
-            )));
-        }
-        SplitSizes {
-            train,
-            validation,
-            test: n_test.unwrap_or(n_pool - train - validation),
-        }
-    } else {
-        match n_test {
-            None => SplitSizes::of(n_pool, cfg.train_fraction, cfg.validation_fraction),
-            Some(t) => SplitSizes::glue(n_pool, cfg.validation_fraction, t),
-        }
-    };
-    if let Some(k) = cfg.test_examples {
-        sizes.test = sizes.test.min(k);
-    }
-    if sizes.train == 0 || sizes.test == 0 {
-        let part = if sizes.train == 0 { "training" } else { "test" };
-        return Err(err(match n_test {
-            None => format!(
-                "{n_pool} examples with train_fraction = {} and validation_fraction = {} (or \
-                 data.train_examples / validation_examples / test_examples) leave an empty {part} set",
-                cfg.train_fraction, cfg.validation_fraction
-            ),
-            Some(_) => format!(
-                "{n_pool} training examples with validation_fraction = {} (or \
-                 data.train_examples / validation_examples / test_examples) leave an empty {part} set",
-                cfg.validation_fraction
-            ),
-        }));
-    }
-    Ok(sizes)
+    split::plan_sizes(data, &parts.pool.0, counts)
 }
-
-/// Stream of [`derive_seed`] that samples a separate test set down to `data.test_examples`.
-const TEST_SAMPLE_STREAM: u64 = 0x7e57;
 
 /// Reads the data set of `[data]`, maps its labels and splits it (rules in the module docs).
 pub fn load_splits(cfg: &DataConfig) -> Result<Splits, DataError> {
     if cfg.format == crate::config::DataFormat::Commonsense {
         return Err(DataError::Config {
-            path: cfg.path.clone(),
+            path: cfg.location().to_path_buf(),
             message: "data.format = \"commonsense\" is a question suite for decoders \
                       (model_type \"llama\"), not labelled examples for a classifier"
                 .into(),
         });
     }
-    let source = Source::of(cfg);
-    source.check(&cfg.path)?;
-    let (pool_path, raw_pool, raw_test) = source.read(cfg)?;
-    let label_names = label_set(&pool_path, &source, &raw_pool)?;
-    let train_pool = convert(&pool_path, &source, &label_names, raw_pool)?;
-    let test = match raw_test {
-        Some((path, raw)) => Some(convert(&path, &source, &label_names, raw)?),
-        None => None,
+    let source = Source::of(cfg)?;
+    source.check(cfg.location())?;
+    let parts = source.read(cfg)?;
+    let (pool_path, raw_pool) = parts.pool;
+    // The classes come from the training pool; a label seen only in a separate validation or
+    // test file is an unknown label there.
+    let label_names = labels::label_set(&pool_path, &source, &raw_pool)?;
+    let convert = |(path, raw): (PathBuf, Vec<RawExample>)| {
+        labels::convert(&path, &source, &label_names, raw)
     };
+    let pool = labels::convert(&pool_path, &source, &label_names, raw_pool)?;
+    let validation = parts.validation.map(convert).transpose()?;
+    let test = parts.test.map(convert).transpose()?;
     if source.metric == MetricName::F1 && label_names.len() != 2 {
         return Err(DataError::Config {
-            path: cfg.path.clone(),
+            path: cfg.location().to_path_buf(),
             message: format!(
                 "data.metric = f1 needs a binary task, but the labels are {}",
                 list(&label_names)
             ),
         });
     }
-    let sizes = plan_sizes(
-        cfg,
-        &pool_path,
-        train_pool.len() as u64,
-        test.as_ref().map(|t| t.len() as u64),
-    )?;
-    let order = shuffled_indices(train_pool.len(), cfg.split_seed);
-    let mut slots: Vec<Option<Example>> = train_pool.into_iter().map(Some).collect();
-    let mut take = |indices: &[usize]| -> Vec<Example> {
-        indices.iter().filter_map(|&i| slots[i].take()).collect()
+    let counts = PartCounts {
+        pool: pool.len() as u64,
+        validation: validation.as_ref().map(|v| v.len() as u64),
+        test: test.as_ref().map(|t| t.len() as u64),
     };
-    let (t, v, k) = (
-        sizes.train as usize,
-        sizes.validation as usize,
-        sizes.test as usize,
-    );
-    let train = take(&order[..t]);
-    let validation = take(&order[t..t + v]);
-    let test = match test {
-        // A separate test set in file order, or a seeded sample of it kept in file order.
-        Some(test) if test.len() == k => test,
-        Some(test) => {
-            let mut keep = vec![false; test.len()];
-            let seed = derive_seed(cfg.split_seed, TEST_SAMPLE_STREAM);
-            for &i in &shuffled_indices(test.len(), seed)[..k] {
-                keep[i] = true;
-            }
-            test.into_iter()
-                .zip(keep)
-                .filter(|(_, k)| *k)
-                .map(|(e, _)| e)
-                .collect()
-        }
-        None => take(&order[t + v..t + v + k]),
-    };
+    let sizes = split::plan_sizes(cfg, &pool_path, counts)?;
+    let (train, validation, test) = split::share_out(cfg, sizes, pool, validation, test);
     Ok(Splits {
         train,
         validation,
@@ -446,97 +384,19 @@ pub fn load_splits(cfg: &DataConfig) -> Result<Splits, DataError> {
     })
 }
 
-/// The class labels: the configured or preset ones, else those found in `raw` (numeric order
-/// when all are numbers, else string order). Empty for regression.
-fn label_set(path: &Path, source: &Source, raw: &[RawExample]) -> Result<Vec<String>, DataError> {
-    if source.task == TaskKind::Regression {
-        return Ok(Vec::new());
-    }
-    if let Some(labels) = &source.labels {
-        return Ok(labels.clone());
-    }
-    let mut found: Vec<&str> = raw.iter().map(|r| r.label.as_str()).collect();
-    found.sort_unstable();
-    found.dedup();
-    let numbers: Option<Vec<f64>> = found.iter().map(|s| s.parse::<f64>().ok()).collect();
-    if let Some(numbers) = numbers {
-        let mut pairs: Vec<(f64, &str)> = numbers.into_iter().zip(found).collect();
-        pairs.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(b.1)));
-        found = pairs.into_iter().map(|(_, s)| s).collect();
-    }
-    if found.len() < 2 {
-        return Err(DataError::Config {
-            path: path.to_path_buf(),
-            message: format!(
-                "classification needs at least 2 classes, but every label is {}; set data.task = regression for numeric targets",
-                list(&found.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-            ),
-        });
-    }
-    Ok(found.into_iter().map(str::to_string).collect())
-}
-
-/// Raw examples to [`Example`]s: class indices for classification, parsed targets for
-/// regression.
-fn convert(
-    path: &Path,
-    source: &Source,
-    labels: &[String],
-    raw: Vec<RawExample>,
-) -> Result<Vec<Example>, DataError> {
-    let index: HashMap<&str, usize> = labels
-        .iter()
-        .enumerate()
-        .map(|(i, l)| (l.trim(), i))
-        .collect();
-    raw.into_iter()
-        .map(|r| {
-            let label = match source.task {
-                TaskKind::Classification => match index.get(r.label.as_str()) {
-                    Some(&i) => i as f32,
-                    None => {
-                        return Err(DataError::UnknownLabel {
-                            path: path.to_path_buf(),
-                            record: r.record,
-                            line: r.line,
-                            value: r.label,
-                            allowed: labels.to_vec(),
-                        });
-                    }
-                },
-                TaskKind::Regression => match r.label.parse::<f32>() {
-                    Ok(x) if x.is_finite() => x,
-                    _ => {
-                        return Err(DataError::Record {
-                            path: path.to_path_buf(),
-                            record: r.record,
-                            line: r.line,
-                            message: format!(
-                                "label \"{}\" is not a finite number (data.task = regression)",
-                                r.label
-                            ),
-                        });
-                    }
-                },
-            };
-            Ok(Example {
-                text: r.text,
-                text_pair: r.text_pair,
-                label,
-                image: r.image,
-            })
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::{Column, DataFormat};
+    use std::path::Path;
 
     fn config(path: &Path, format: DataFormat, has_header: bool) -> DataConfig {
         DataConfig {
             path: path.to_path_buf(),
+            train: None,
+            validation: None,
+            test: None,
+            encoding: "utf-8".into(),
             preset: None,
             format,
             has_header,
@@ -702,35 +562,5 @@ mod tests {
             e.contains("record 2 (line 2): has 1 field(s), too few for data.text_column = 1"),
             "{e}"
         );
-    }
-
-    #[test]
-    fn split_of_pang_lee_sentences() {
-        assert_eq!(
-            SplitSizes::of(4000, 0.7, 0.1),
-            SplitSizes {
-                train: 2800,
-                validation: 400,
-                test: 800
-            }
-        );
-        assert_eq!(
-            SplitSizes::of(4000, 0.8, 0.0),
-            SplitSizes {
-                train: 3200,
-                validation: 0,
-                test: 800
-            }
-        );
-    }
-
-    #[test]
-    fn split_never_exceeds_total() {
-        for n in 0..200u64 {
-            for (a, b) in [(0.99, 0.0), (0.5, 0.49), (0.01, 0.98)] {
-                let s = SplitSizes::of(n, a, b);
-                assert_eq!(s.train + s.validation + s.test, n);
-            }
-        }
     }
 }

@@ -13,6 +13,8 @@ pub(crate) struct Layout {
     pub text: Column,
     pub text_pair: Option<Column>,
     pub label: Column,
+    /// The encoding of text files (`data.encoding`).
+    pub encoding: &'static encoding_rs::Encoding,
 }
 
 /// One record as read: trimmed texts and the trimmed label field, with its position.
@@ -31,8 +33,8 @@ pub(crate) struct RawExample {
 
 const BOM: &[u8] = b"\xEF\xBB\xBF";
 
-pub(crate) fn read_bytes(path: &Path) -> Result<Vec<u8>, DataError> {
-    // A file far larger than memory is refused before reading starts.
+/// Refuses a file far larger than memory before reading starts.
+pub(crate) fn check_size(path: &Path) -> Result<(), DataError> {
     if let Ok(meta) = std::fs::metadata(path) {
         crate::resources::check(
             || {
@@ -46,6 +48,11 @@ pub(crate) fn read_bytes(path: &Path) -> Result<Vec<u8>, DataError> {
             "use a smaller file or split it",
         )?;
     }
+    Ok(())
+}
+
+pub(crate) fn read_bytes(path: &Path) -> Result<Vec<u8>, DataError> {
+    check_size(path)?;
     let mut bytes = std::fs::read(path).map_err(|source| DataError::Read {
         path: path.to_path_buf(),
         source,
@@ -54,6 +61,43 @@ pub(crate) fn read_bytes(path: &Path) -> Result<Vec<u8>, DataError> {
         bytes.drain(..BOM.len());
     }
     Ok(bytes)
+}
+
+/// The text of a CSV, TSV or JSONL file as UTF-8 bytes: the file itself for UTF-8 (invalid
+/// bytes are then refused by the parsers, which name the record), else the file decoded from
+/// `encoding` (a byte-order mark of that encoding is dropped; bytes that are not valid in it
+/// are refused with the line named).
+fn read_text(path: &Path, encoding: &'static encoding_rs::Encoding) -> Result<Vec<u8>, DataError> {
+    let bytes = read_bytes(path)?;
+    if encoding == encoding_rs::UTF_8 {
+        return Ok(bytes);
+    }
+    let body = match encoding_rs::Encoding::for_bom(&bytes) {
+        Some((bom, len)) if bom == encoding => &bytes[len..],
+        _ => &bytes[..],
+    };
+    let mut decoder = encoding.new_decoder_without_bom_handling();
+    let capacity = decoder
+        .max_utf8_buffer_length_without_replacement(body.len())
+        .unwrap_or(body.len());
+    let mut text = String::with_capacity(capacity);
+    let mut at = 0;
+    loop {
+        let (result, read) =
+            decoder.decode_to_string_without_replacement(&body[at..], &mut text, true);
+        at += read;
+        match result {
+            encoding_rs::DecoderResult::InputEmpty => return Ok(text.into_bytes()),
+            encoding_rs::DecoderResult::OutputFull => text.reserve(body.len() - at + 16),
+            encoding_rs::DecoderResult::Malformed(..) => {
+                return Err(DataError::Encoding {
+                    path: path.to_path_buf(),
+                    line: text.matches('\n').count() as u64 + 1,
+                    encoding: encoding.name(),
+                });
+            }
+        }
+    }
 }
 
 /// The CSV/TSV reader every command uses: flexible record lengths, no header handling (done
@@ -89,18 +133,17 @@ fn csv_error(path: &Path, record: u64, e: &csv::Error) -> DataError {
 }
 
 /// Counts what [`read_examples`] would return for a file: non-blank records after the header
-/// (CSV/TSV) or non-blank lines (JSONL). Fields are not checked.
-pub(crate) fn count_records(
-    path: &Path,
-    format: DataFormat,
-    has_header: bool,
-) -> Result<u64, DataError> {
-    if format == DataFormat::Arrow {
-        return Ok(super::arrow::read_rows(path)?.len() as u64);
+/// (CSV/TSV), non-blank lines (JSONL) or rows (Arrow, Parquet). Fields are not checked.
+pub(crate) fn count_records(path: &Path, layout: &Layout) -> Result<u64, DataError> {
+    let format = layout.format;
+    match format {
+        DataFormat::Arrow => return Ok(super::arrow::read_rows(path)?.len() as u64),
+        DataFormat::Parquet => return super::parquet::count_rows(path),
+        _ => {}
     }
-    let bytes = read_bytes(path)?;
+    let bytes = read_text(path, layout.encoding)?;
     let n = match format {
-        DataFormat::Arrow => unreachable!("handled above"),
+        DataFormat::Arrow | DataFormat::Parquet => unreachable!("handled above"),
         DataFormat::Idx | DataFormat::PixelCsv | DataFormat::Commonsense => {
             unreachable!("images and the commonsense suite have their own readers (load_splits)")
         }
@@ -109,7 +152,7 @@ pub(crate) fn count_records(
             let mut reader = delimited_reader(&bytes, format);
             let mut record = csv::StringRecord::new();
             let mut n = 0u64;
-            let mut header_pending = has_header;
+            let mut header_pending = layout.has_header;
             loop {
                 match reader.read_record(&mut record) {
                     Ok(false) => break,
@@ -130,8 +173,11 @@ pub(crate) fn read_examples(path: &Path, layout: &Layout) -> Result<Vec<RawExamp
     check_columns(path, layout)?;
     let examples = match layout.format {
         DataFormat::Arrow => read_arrow(path, layout)?,
-        DataFormat::Jsonl => read_jsonl(path, &read_bytes(path)?, layout)?,
-        DataFormat::Csv | DataFormat::Tsv => read_delimited(path, &read_bytes(path)?, layout)?,
+        DataFormat::Parquet => super::parquet::read_examples(path, layout)?,
+        DataFormat::Jsonl => read_jsonl(path, &read_text(path, layout.encoding)?, layout)?,
+        DataFormat::Csv | DataFormat::Tsv => {
+            read_delimited(path, &read_text(path, layout.encoding)?, layout)?
+        }
         DataFormat::Idx | DataFormat::PixelCsv | DataFormat::Commonsense => {
             unreachable!("images and the commonsense suite have their own readers (load_splits)")
         }
@@ -154,7 +200,8 @@ fn columns(layout: &Layout) -> Vec<(&'static str, &Column)> {
     cols
 }
 
-/// Column kinds the format cannot serve: a name without a header, an index in JSON lines.
+/// Column kinds the format cannot serve: a name without a header, an index in JSON lines or
+/// an Arrow data set. (Parquet takes both: a name, or a position in its schema.)
 fn check_columns(path: &Path, layout: &Layout) -> Result<(), DataError> {
     for (key, column) in columns(layout) {
         match (layout.format, column) {

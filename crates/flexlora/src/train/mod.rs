@@ -54,7 +54,9 @@ pub struct Summary {
     pub metric: String,
     /// Test metric of the best validation epoch.
     pub test_metric: f64,
-    /// Best validation metric (`NaN`, written as `null`, when no epoch ended).
+    /// Best validation metric; `NaN`, written as `null` in `summary.json`, when no validation
+    /// ran (training stopped before the first epoch ended, e.g. at `training.max_steps`; the
+    /// test metric is then of the final parameters).
     #[serde(deserialize_with = "null_as_nan")]
     pub validation_metric: f64,
     /// 0-based epoch with the best validation metric.

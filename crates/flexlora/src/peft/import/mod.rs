@@ -474,9 +474,9 @@ pub fn import_to_run(
     };
     if splits.num_labels() != n || splits.task != task {
         anyhow::bail!(
-            "the adapter's classifier has {n} output(s), but data.path = {} is a {:?} task with \
+            "the adapter's classifier has {n} output(s), but the data {} is a {:?} task with \
              {} output(s) (labels {:?}); choose the matching data with --config / --set",
-            config.data.path.display(),
+            config.data.location().display(),
             splits.task,
             splits.num_labels(),
             splits.label_names
