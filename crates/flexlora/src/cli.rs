@@ -447,7 +447,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 overwrite,
                 quiet,
             };
-            if crate::models::classifier::model_type(&cfg.model.path)? == "llama" {
+            if crate::models::Architecture::of_folder(&cfg.model.path)?.is_decoder() {
                 let s = crate::lm::train_lm(&cfg, &opts)?;
                 let avg = s.tasks.last();
                 println!(
@@ -589,9 +589,9 @@ fn shell_word(arg: &str) -> String {
 }
 
 /// The printed summary's words on validation: the best epoch and its metric, or, when no
-/// validation ran (training stopped before the first epoch ended, e.g. at
-/// `training.max_steps`; `summary.json` then holds `null`), that the test used the final
-/// parameters.
+/// validation ran (an empty validation split, or training stopped before the first epoch
+/// ended, e.g. at `training.max_steps`; `summary.json` then holds `null`), that the test used
+/// the final parameters.
 fn validation_note(s: &crate::train::Summary) -> String {
     if s.validation_metric.is_finite() {
         format!(
@@ -599,8 +599,8 @@ fn validation_note(s: &crate::train::Summary) -> String {
             s.best_epoch, s.validation_metric
         )
     } else {
-        "no validation ran: training stopped before the first epoch ended, so the test used \
-         the final parameters"
+        "no validation ran (the validation split is empty, or training stopped before the \
+         first epoch ended), so the test used the final parameters"
             .to_string()
     }
 }

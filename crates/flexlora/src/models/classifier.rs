@@ -1,7 +1,9 @@
 //! One type for every encoder a task model can be built on, and for its sequence-classification
 //! head, so that training, evaluation, checkpoints and export do not depend on the
-//! architecture. The architecture is chosen by `config.json`'s `model_type`.
+//! architecture. The architecture is chosen by `config.json`'s `model_type`
+//! ([`Architecture`]).
 
+use super::architecture::Architecture;
 use super::bert::BertModel;
 use super::deberta::{DebertaV2Classifier, DebertaV2Model};
 use super::heads::SequenceClassifier;
@@ -21,23 +23,6 @@ pub enum Encoder {
     DebertaV2(Box<DebertaV2Model>),
     /// `model_type = "vit"` or `"dinov2"` (reads images).
     Vit(Box<VitModel>),
-}
-
-/// The architecture named by `<folder>/config.json` (`bert` when the field is absent, as in
-/// transformers' BertConfig).
-pub(crate) fn model_type(folder: &Path) -> Result<String, CheckpointError> {
-    #[derive(serde::Deserialize)]
-    struct ModelType {
-        #[serde(default)]
-        model_type: Option<String>,
-    }
-    let t: ModelType = super::hf::read_config(folder)?;
-    Ok(t.model_type.unwrap_or_else(|| "bert".into()))
-}
-
-/// Whether `model_type` names a vision transformer (its inputs are images).
-pub(crate) fn is_vision(model_type: &str) -> bool {
-    matches!(model_type, "vit" | "dinov2")
 }
 
 /// How a `...ForSequenceClassification` checkpoint of one architecture names things (PEFT's
@@ -87,11 +72,12 @@ const DINOV2_NAMES: HfNames = HfNames {
 impl HfNames {
     /// The names for the checkpoint folder `folder` (by its `model_type`).
     pub fn of_folder(folder: &Path) -> Result<Self, CheckpointError> {
-        Ok(match model_type(folder)?.as_str() {
-            "deberta-v2" => DEBERTA_NAMES,
-            "vit" => VIT_NAMES,
-            "dinov2" => DINOV2_NAMES,
-            _ => BERT_NAMES,
+        Ok(match Architecture::of_folder(folder)? {
+            Architecture::DebertaV2 => DEBERTA_NAMES,
+            Architecture::Vit => VIT_NAMES,
+            Architecture::Dinov2 => DINOV2_NAMES,
+            // (A decoder has no classifier names; its loader refuses it first.)
+            Architecture::Bert | Architecture::Llama => BERT_NAMES,
         })
     }
 }
@@ -100,20 +86,27 @@ impl Encoder {
     /// Loads the encoder of a Hugging Face folder (config.json, model.safetensors) onto
     /// `device`, frozen, with the weights file kept for the head.
     pub fn from_folder(folder: &Path, device: Device) -> Result<(Self, Weights), CheckpointError> {
-        match model_type(folder)?.as_str() {
-            "deberta-v2" => {
+        match Architecture::of_folder(folder)? {
+            Architecture::DebertaV2 => {
                 let (m, w) = DebertaV2Model::from_folder(folder, device)?;
                 Ok((Encoder::DebertaV2(Box::new(m)), w))
             }
-            t if is_vision(t) => {
+            Architecture::Vit | Architecture::Dinov2 => {
                 let (m, w) = VitModel::from_folder(folder, device)?;
                 Ok((Encoder::Vit(Box::new(m)), w))
             }
-            // Anything else is checked (and refused with the supported types) by BERT's loader.
-            _ => {
+            Architecture::Bert => {
                 let (m, w) = BertModel::from_folder(folder, device)?;
                 Ok((Encoder::Bert(Box::new(m)), w))
             }
+            Architecture::Llama => Err(CheckpointError::Unsupported {
+                path: folder.join("config.json"),
+                field: "model_type".into(),
+                value: "\"llama\"".into(),
+                message: "a decoder has no encoder for a classifier; decoders train on \
+                          data.format = \"commonsense\""
+                    .into(),
+            }),
         }
     }
 

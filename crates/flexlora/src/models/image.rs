@@ -9,6 +9,7 @@
 //! image processors (which resize a PIL image with bicubic filtering and centre-crop); the
 //! model's parity with transformers is checked on `pixel_values` directly.
 
+use super::architecture::Architecture;
 use super::hf::CheckpointError;
 use crate::data::GreyImage;
 use std::path::Path;
@@ -71,7 +72,7 @@ impl ImageProcessor {
     /// `config.json`'s `image_size`.
     pub fn from_folder(
         folder: &Path,
-        model_type: &str,
+        architecture: Architecture,
         image_size: Option<u32>,
     ) -> Result<Self, CheckpointError> {
         let path = folder.join("preprocessor_config.json");
@@ -80,7 +81,7 @@ impl ImageProcessor {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => PreprocessorConfig::default(),
             Err(source) => return Err(CheckpointError::Read { path, source }),
         };
-        let (mean, std) = if model_type == "dinov2" {
+        let (mean, std) = if architecture == Architecture::Dinov2 {
             (IMAGENET_MEAN, IMAGENET_STD)
         } else {
             ([0.5; 3], [0.5; 3])

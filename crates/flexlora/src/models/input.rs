@@ -2,6 +2,7 @@
 //! for vision transformers. The preprocessing is chosen by the checkpoint's `model_type`, so
 //! training, evaluation and prediction do not depend on the modality.
 
+use super::architecture::Architecture;
 use super::bert::EncoderInput;
 use super::image::ImageProcessor;
 use super::tokenizer::TextTokenizer;
@@ -51,9 +52,10 @@ impl Preprocessor {
     /// The preprocessing of the model in `folder` for data read with `data` (its `max_length`
     /// for texts, `image_size` for images).
     pub fn for_model(folder: &Path, data: &DataConfig) -> anyhow::Result<Self> {
-        let model_type = super::classifier::model_type(folder)?;
-        let vision = super::classifier::is_vision(&model_type);
-        if model_type == "llama" || data.format == crate::config::DataFormat::Commonsense {
+        let arch = Architecture::of_folder(folder)?;
+        let model_type = arch.model_type();
+        let vision = arch.is_vision();
+        if arch.is_decoder() || data.format == crate::config::DataFormat::Commonsense {
             bail!(
                 "{}: model_type \"{model_type}\" with data.format = {:?}: decoders (model_type \
                  \"llama\") train on data.format = \"commonsense\" only, and classifiers on \
@@ -78,7 +80,7 @@ impl Preprocessor {
             );
         }
         Ok(if vision {
-            let processor = ImageProcessor::from_folder(folder, &model_type, data.image_size)?;
+            let processor = ImageProcessor::from_folder(folder, arch, data.image_size)?;
             // The encoder's patch embedding needs at least one patch and RGB input (grey
             // images are repeated to three channels).
             let c = super::vit::VitConfig::from_folder(folder)?;
