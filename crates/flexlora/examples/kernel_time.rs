@@ -1,7 +1,7 @@
 //! Times flexlora's own CPU kernels at the main job's shapes (767 tokens, rank 8, MiniLM's layer
 //! sizes), best of 50 calls each: the fused adapter-gradient kernel
 //! (`flexlora::adapter::thin`) against LibTorch's four products on one thread, and a dropout
-//! mask (`flexlora::models::dropout::keep_mask`, `[767, 384]`) on two threads:
+//! mask (`flexlora::dropout::keep_mask`, `[767, 384]`) on two threads:
 //! `cargo run --release --example kernel_time`.
 
 use std::time::Instant;
@@ -20,7 +20,7 @@ fn best_of(mut f: impl FnMut()) -> f64 {
 fn main() {
     tch::set_num_threads(2);
     let mask = best_of(|| {
-        let _ = std::hint::black_box(flexlora::models::dropout::keep_mask(&[767, 384], 0.1, 7));
+        let _ = std::hint::black_box(flexlora::dropout::keep_mask(&[767, 384], 0.1, 7));
     });
     println!("dropout mask [767, 384], 2 threads: {:.0} us", mask * 1e6);
     tch::set_num_threads(1);

@@ -32,11 +32,33 @@ pub enum Command {
         #[arg(long)]
         train_examples: Option<u64>,
     },
+    /// Print a run config with everything resolved: the file and flags given, or with
+    /// --show-defaults the value every key takes when a config leaves it out.
+    Config {
+        /// The run config (TOML).
+        #[arg(
+            long,
+            default_value = "configs/default.toml",
+            conflicts_with = "show_defaults"
+        )]
+        config: PathBuf,
+        /// Override a config value (repeatable).
+        #[arg(
+            long = "set",
+            value_name = "KEY=VALUE",
+            conflicts_with = "show_defaults"
+        )]
+        overrides: Vec<String>,
+        /// Print the defaults instead (`model.path` and the data files have none).
+        #[arg(long)]
+        show_defaults: bool,
+    },
     /// Fine-tune a model on labelled data: FlexLoRA (default), LoRA, AdaLoRA or full fine-tuning.
     Train {
-        /// The run config (TOML).
-        #[arg(long, default_value = "configs/default.toml")]
-        config: PathBuf,
+        /// The run config (TOML). Default: configs/default.toml (the main job); with --model and
+        /// no --config, the defaults of every key (`flexlora config --show-defaults`).
+        #[arg(long)]
+        config: Option<PathBuf>,
         /// Override a config value, e.g. --set optimiser.lr=1e-3 (repeatable).
         #[arg(long = "set", value_name = "KEY=VALUE")]
         overrides: Vec<String>,
@@ -46,6 +68,12 @@ pub enum Command {
         /// Data file or GLUE folder (sets data.path).
         #[arg(long)]
         data: Option<PathBuf>,
+        /// The text column: a header name or a 0-based index (sets data.text_column).
+        #[arg(long)]
+        text_column: Option<String>,
+        /// The label column: a header name or a 0-based index (sets data.label_column).
+        #[arg(long)]
+        label_column: Option<String>,
         /// flexlora, lora, adalora, full or linear_probe (sets method.name).
         #[arg(long)]
         method: Option<String>,
@@ -383,11 +411,26 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Config {
+            config,
+            overrides,
+            show_defaults,
+        } => {
+            if show_defaults {
+                print!("{}", crate::config_file::defaults_toml()?);
+            } else {
+                let cfg = crate::config::Config::load(&config, &overrides)?.config;
+                print!("{}", toml::to_string(&cfg)?);
+            }
+            Ok(())
+        }
         Command::Train {
             config,
             mut overrides,
             model,
             data,
+            text_column,
+            label_column,
             method,
             epochs,
             seed,
@@ -407,11 +450,14 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                     "data.path",
                     data.map(|p| toml_string(&p.display().to_string())),
                 ),
+                ("data.text_column", text_column.map(|c| toml_column(&c))),
+                ("data.label_column", label_column.map(|c| toml_column(&c))),
                 ("method.name", method.map(|m| toml_string(&m))),
                 ("training.epochs", epochs.map(|e| e.to_string())),
                 ("training.seed", seed.map(|s| s.to_string())),
                 ("training.device", device.clone().map(|d| toml_string(&d))),
             ];
+            let model_given = flags[0].1.is_some();
             for (key, value) in flags {
                 if let Some(v) = value {
                     overrides.push(format!("{key}={v}"));
@@ -426,11 +472,16 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                     (cfg, dir, true)
                 }
                 None => {
-                    let base = match &init_from {
-                        Some(dir) => dir.join("config.toml"),
-                        None => config,
+                    let base = match (&init_from, config) {
+                        (Some(dir), _) => Some(dir.join("config.toml")),
+                        (None, Some(file)) => Some(file),
+                        (None, None) if model_given => None,
+                        (None, None) => Some(PathBuf::from("configs/default.toml")),
                     };
-                    let cfg = crate::config::Config::load(&base, &overrides)?.config;
+                    let cfg = match base {
+                        Some(file) => crate::config::Config::load(&file, &overrides)?.config,
+                        None => crate::config::Config::load_defaults(&overrides)?.config,
+                    };
                     let method = serde_json::to_value(cfg.method.name)?;
                     let default = PathBuf::from(format!(
                         "runs/{}-seed{}",
@@ -463,6 +514,12 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 return Ok(());
             }
             let s = crate::train::train(&cfg, &opts)?;
+            // The adapter in Hugging Face PEFT's format, for use without flexlora (full runs:
+            // `merge`), then the summary that marks the run finished.
+            if let Some(format) = crate::peft::PeftFormat::of_method(cfg.method.name) {
+                crate::peft::export_run(&output, format, &output.join("adapter"))?;
+            }
+            crate::train::write_summary(&output, &s)?;
             println!(
                 "{}: test {} {:.4} ({}); {} trainable parameters; {:.1} s, {:.2} steps/s",
                 output.display(),
@@ -565,6 +622,14 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
 
 fn toml_string(s: &str) -> String {
     toml::Value::String(s.to_string()).to_string()
+}
+
+/// A column flag as TOML: a 0-based index when it is a number, else a header name.
+fn toml_column(s: &str) -> String {
+    match s.parse::<u64>() {
+        Ok(i) => i.to_string(),
+        Err(_) => toml_string(s),
+    }
 }
 
 /// This process's command line as `flexlora …`, quoted for a shell.

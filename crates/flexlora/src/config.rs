@@ -1,7 +1,9 @@
 //! The run configuration: one TOML file, one struct per section, `--set key=value` overrides.
 //!
 //! Every section rejects unknown keys, and [`Config::validate`] rejects impossible values with
-//! the key and the allowed range, so a typo never silently falls back to a default.
+//! the key and the allowed range, so a typo never silently falls back to a default. Reading a
+//! file, applying overrides and validating are in [`crate::config_file`], above this module and
+//! [`crate::validate`].
 
 use flexlora_core::{
     AdaLoraBudget, AdjustmentSchedule, AllocationDirection, BudgetSchedule, Importance,
@@ -70,6 +72,7 @@ pub struct Config {
     /// The labelled data and its split.
     pub data: DataConfig,
     /// Which fine-tuning method, and its adapter shape.
+    #[serde(default)]
     pub method: MethodConfig,
     /// How FlexLoRA scores matrices and moves ranks.
     #[serde(default)]
@@ -91,8 +94,10 @@ pub struct Config {
 pub struct ModelConfig {
     /// A Hugging Face checkpoint folder (config.json, model.safetensors, tokenizer.json).
     pub path: PathBuf,
-    /// Module-path patterns of the linear layers to adapt (PEFT's `target_modules`).
-    #[serde(default = "default_targets")]
+    /// Module-path patterns of the linear layers to adapt (PEFT's `target_modules`). A config
+    /// file that leaves it out gets the architecture's attention query and value projections
+    /// (PEFT's convention; filled in when the file is loaded, [`crate::config_file`]).
+    #[serde(default)]
     pub target_modules: Vec<String>,
 }
 
@@ -252,9 +257,11 @@ pub struct DataConfig {
     /// Its format (ignored with a preset).
     #[serde(default = "default_format")]
     pub format: DataFormat,
-    /// Whether the first row is a header (CSV/TSV).
-    #[serde(default)]
-    pub has_header: bool,
+    /// Whether the first row is a header (CSV/TSV). Left out: a header exactly when a column
+    /// is given by name (as the defaults `"text"` and `"label"` are), see
+    /// [`DataConfig::header`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub has_header: Option<bool>,
     /// Column holding the text: a header name, or a 0-based index.
     #[serde(default = "default_text_column")]
     pub text_column: Column,
@@ -323,6 +330,23 @@ pub struct DataConfig {
 }
 
 impl DataConfig {
+    /// Whether a CSV/TSV file's first row is its header: `data.has_header` when given, else
+    /// whether the text, text-pair or label column is named rather than numbered (the way
+    /// Hugging Face and pandas CSVs come, with a header, and header-less files are addressed
+    /// by index).
+    pub fn header(&self) -> bool {
+        self.has_header.unwrap_or_else(|| {
+            [
+                Some(&self.text_column),
+                self.text_pair_column.as_ref(),
+                Some(&self.label_column),
+            ]
+            .into_iter()
+            .flatten()
+            .any(|c| matches!(c, Column::Name(_)))
+        })
+    }
+
     /// The file or folder that stands for the data set in messages: `path`, or the training
     /// file when the data comes as split files.
     pub fn location(&self) -> &Path {
@@ -351,10 +375,11 @@ impl DataConfig {
 }
 
 /// The fine-tuning methods.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum MethodName {
-    /// SVD adapters with entropy-guided bidirectional rank allocation.
+    /// SVD adapters with entropy-guided bidirectional rank allocation (the default).
+    #[default]
     Flexlora,
     /// Fixed-rank LoRA.
     Lora,
@@ -407,6 +432,7 @@ pub enum ScalePolicy {
 #[serde(deny_unknown_fields)]
 pub struct MethodConfig {
     /// The method.
+    #[serde(default)]
     pub name: MethodName,
     /// Initial rank of every adapted matrix.
     #[serde(default = "default_r_init")]
@@ -668,9 +694,6 @@ impl Precision {
     }
 }
 
-fn default_targets() -> Vec<String> {
-    vec!["query".into(), "value".into()]
-}
 /// `data.path` left out (the data comes as split files, `data.train`).
 fn path_is_unset(path: &Path) -> bool {
     path.as_os_str().is_empty()
@@ -780,6 +803,24 @@ fn default_eval_batch_size() -> u64 {
     64
 }
 
+impl Default for MethodConfig {
+    fn default() -> Self {
+        let mut m = Self {
+            name: MethodName::default(),
+            r_init: default_r_init(),
+            r_max: default_r_max(),
+            target_r: default_target_r(),
+            alpha: default_alpha(),
+            dropout: 0.0,
+            orth_reg_weight: default_orth_reg_weight(),
+            orth_norm: OrthNorm::default(),
+            scale: ScalePolicy::default(),
+        };
+        m.alpha = m.default_alpha();
+        m
+    }
+}
+
 impl Default for AllocationConfig {
     fn default() -> Self {
         Self {
@@ -842,41 +883,7 @@ impl Default for TrainingConfig {
     }
 }
 
-/// A config as loaded, with where it came from (for error messages and relative paths).
-#[derive(Debug, Clone)]
-pub struct LoadedConfig {
-    /// The validated configuration.
-    pub config: Config,
-    /// `"<file>"` or `"<file> with --set overrides"`.
-    pub origin: String,
-}
-
 impl Config {
-    /// Reads `path`, applies `--set key=value` overrides in order, and validates the result.
-    pub fn load(path: &Path, overrides: &[String]) -> Result<LoadedConfig, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let mut table: toml::Table =
-            text.parse()
-                .map_err(|e: toml::de::Error| ConfigError::Syntax {
-                    path: path.to_path_buf(),
-                    message: e.to_string().trim_end().to_string(),
-                })?;
-        for arg in overrides {
-            crate::overrides::apply(&mut table, arg)?;
-        }
-        let origin = if overrides.is_empty() {
-            path.display().to_string()
-        } else {
-            format!("{} with --set overrides", path.display())
-        };
-        let config = Self::from_table(table, &origin)?;
-        config.validate(&origin)?;
-        Ok(LoadedConfig { config, origin })
-    }
-
     /// Deserialises a TOML table, naming the key of any unknown field or wrong type. A
     /// `method.alpha` the table does not give takes the method's default
     /// ([`MethodConfig::default_alpha`]).
@@ -909,11 +916,6 @@ impl Config {
                     .join(" "),
             }
         })
-    }
-
-    /// Checks every value against its allowed range; see [`crate::validate`].
-    pub fn validate(&self, origin: &str) -> Result<(), ConfigError> {
-        crate::validate::check(self, origin)
     }
 
     /// Optimiser steps per epoch: `⌈⌈n_train / batch_size⌉ / grad_accum⌉` (a last partial

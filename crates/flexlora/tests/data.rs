@@ -390,8 +390,8 @@ fn bad_input_gives_clear_errors() {
         "{e}"
     );
 
-    // A name without a header.
-    let c = data_config(&csv, "text_column = \"sentence\"");
+    // A name with the header switched off.
+    let c = data_config(&csv, "has_header = false\ntext_column = \"sentence\"");
     let e = err(&c);
     assert!(
         e.contains(

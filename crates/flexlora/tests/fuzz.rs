@@ -409,9 +409,11 @@ fn image_files_never_panic() {
             |_| {
                 let _ = flexlora::models::VitConfig::from_folder(&folder);
                 let _ = flexlora::models::HfNames::of_folder(&folder);
-                if let Ok(p) =
-                    flexlora::models::ImageProcessor::from_folder(&folder, flexlora::models::Architecture::Dinov2, None)
-                {
+                if let Ok(p) = flexlora::models::ImageProcessor::from_folder(
+                    &folder,
+                    flexlora::models::Architecture::Dinov2,
+                    None,
+                ) {
                     let _ = p.size;
                 }
             },

@@ -225,7 +225,9 @@ fn a_decoder_run_killed_and_resumed_equals_an_uninterrupted_one() {
     // redoes step 4, the validation and the best checkpoint.
     let sets = ["training.checkpoint_every=3", "training.log_every=4"];
     let reference = dir.path().join("reference");
-    ok(&run_flexlora(&train_args(&model, &reference, "flexlora", &sets)));
+    ok(&run_flexlora(&train_args(
+        &model, &reference, "flexlora", &sets,
+    )));
     let run = dir.path().join("run");
     let args = train_args(&model, &run, "flexlora", &sets);
     let killed = std::process::Command::new(env!("CARGO_BIN_EXE_flexlora"))

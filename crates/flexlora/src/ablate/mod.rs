@@ -19,7 +19,7 @@ mod exec;
 mod report;
 mod variants;
 
-pub use report::{LrChoice, MethodRow, Report, mean_sd, paired_t_test};
+pub use report::{LrChoice, MethodRow, Report};
 pub use variants::{NAMES, Variant, variant};
 
 use crate::config::Config;

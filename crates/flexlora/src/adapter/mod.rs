@@ -16,7 +16,7 @@ pub use lora::LoraAdapter;
 pub use svd::{SvdAdapter, SvdAdapterConfig};
 
 use crate::config::OrthNorm;
-use crate::models::dropout::WithDropout;
+use crate::dropout::WithDropout;
 use tch::Tensor;
 use thiserror::Error;
 

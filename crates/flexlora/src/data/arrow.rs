@@ -12,7 +12,7 @@
 //! types (binary, dates, ...) come out as `null`; they are an error only where a caller needs
 //! the value.
 
-use super::DataError;
+use super::error::DataError;
 use arrow_array::{Array, RecordBatch, cast::AsArray, types};
 use arrow_schema::DataType;
 use serde_json::{Map, Value};
@@ -164,7 +164,7 @@ fn check_stream_framing(bytes: &[u8]) -> Result<(), String> {
 pub(crate) fn read_rows(path: &Path) -> Result<Vec<Map<String, Value>>, DataError> {
     let mut rows = Vec::new();
     for file in arrow_files(path)? {
-        let bytes = super::read::read_bytes(&file)?;
+        let bytes = super::file::read_bytes(&file)?;
         let bad = |e: &dyn std::fmt::Display| DataError::Config {
             path: file.clone(),
             message: format!("not a readable Arrow IPC stream: {e}"),

@@ -4,25 +4,11 @@
 //! the model only when a batch is made ([`crate::models::ImageProcessor`]), so a data set
 //! takes the memory of its files.
 
-use super::DataError;
-use super::read::{RawExample, read_bytes};
+use super::error::DataError;
+use super::example::{GreyImage, RawExample};
+use super::file::read_bytes;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-
-/// A grey image as stored: `height × width` pixels, row-major, from 0 (black) to `max`
-/// (white).
-#[derive(Debug, Clone, PartialEq)]
-pub struct GreyImage {
-    /// Rows.
-    pub height: u32,
-    /// Columns.
-    pub width: u32,
-    /// The value of white (255 for 8-bit images, 16 for scikit-learn's digits).
-    pub max: u8,
-    /// `height · width` pixel values, row-major.
-    pub pixels: Arc<[u8]>,
-}
 
 /// The IDX pair of one split inside an IDX folder.
 #[derive(Debug, Clone)]

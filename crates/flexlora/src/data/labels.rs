@@ -1,9 +1,9 @@
 //! Class labels: the label set of a classification task and the mapping of raw examples to
 //! [`Example`]s (rules in the module documentation of [`crate::data`]).
 
-use super::read::RawExample;
+use super::error::{DataError, list};
+use super::example::{Example, RawExample};
 use super::source::Source;
-use super::{DataError, Example, list};
 use crate::config::TaskKind;
 use std::collections::HashMap;
 use std::path::Path;

@@ -9,8 +9,9 @@
 //! used column is an error naming the shard, the row (1-based within the shard, reported as
 //! the record) and the column.
 
-use super::DataError;
-use super::read::{Layout, RawExample, check_size};
+use super::error::DataError;
+use super::example::{Layout, RawExample};
+use super::file::check_size;
 use crate::config::Column;
 use arrow_array::{Array, cast::AsArray};
 use arrow_schema::{DataType, Schema};

@@ -1,67 +1,11 @@
 //! Reading one data file into raw examples (texts and the label as written), or counting its
 //! records; the rules are in the module documentation of [`crate::data`].
 
-use super::DataError;
+use super::error::DataError;
+use super::example::{Layout, RawExample};
+use super::file::read_bytes;
 use crate::config::{Column, DataFormat};
 use std::path::Path;
-
-/// How one file is laid out and which of its columns matter.
-#[derive(Debug, Clone)]
-pub(crate) struct Layout {
-    pub format: DataFormat,
-    pub has_header: bool,
-    pub text: Column,
-    pub text_pair: Option<Column>,
-    pub label: Column,
-    /// The encoding of text files (`data.encoding`).
-    pub encoding: &'static encoding_rs::Encoding,
-}
-
-/// One record as read: trimmed texts and the trimmed label field, with its position.
-#[derive(Debug, Clone)]
-pub(crate) struct RawExample {
-    /// 1-based record number (the header does not count).
-    pub record: u64,
-    /// 1-based line where the record starts.
-    pub line: u64,
-    pub text: String,
-    pub text_pair: Option<String>,
-    pub label: String,
-    /// The image of an image data set.
-    pub image: Option<super::images::GreyImage>,
-}
-
-const BOM: &[u8] = b"\xEF\xBB\xBF";
-
-/// Refuses a file far larger than memory before reading starts.
-pub(crate) fn check_size(path: &Path) -> Result<(), DataError> {
-    if let Ok(meta) = std::fs::metadata(path) {
-        crate::resources::check(
-            || {
-                format!(
-                    "reading data file {} ({} bytes)",
-                    path.display(),
-                    meta.len()
-                )
-            },
-            crate::resources::data_file_bytes(meta.len()),
-            "use a smaller file or split it",
-        )?;
-    }
-    Ok(())
-}
-
-pub(crate) fn read_bytes(path: &Path) -> Result<Vec<u8>, DataError> {
-    check_size(path)?;
-    let mut bytes = std::fs::read(path).map_err(|source| DataError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    if bytes.starts_with(BOM) {
-        bytes.drain(..BOM.len());
-    }
-    Ok(bytes)
-}
 
 /// The text of a CSV, TSV or JSONL file as UTF-8 bytes: the file itself for UTF-8 (invalid
 /// bytes are then refused by the parsers, which name the record), else the file decoded from

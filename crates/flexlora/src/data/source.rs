@@ -2,9 +2,10 @@
 //! make its training pool and (when it has them) its separate validation and test sets, and
 //! reading or counting them (rules in the module documentation of [`crate::data`]).
 
+use super::error::{DataError, list};
+use super::example::{Layout, RawExample};
 use super::glue::GlueSpec;
-use super::read::{self, Layout, RawExample};
-use super::{DataError, images, list};
+use super::{images, read};
 use crate::config::{Column, DataConfig, DataFormat, MetricName, TaskKind};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -177,7 +178,7 @@ impl Source {
                 },
                 layout: Layout {
                     format: cfg.format,
-                    has_header: cfg.has_header,
+                    has_header: cfg.header(),
                     text: cfg.text_column.clone(),
                     text_pair: cfg.text_pair_column.clone(),
                     label: cfg.label_column.clone(),

@@ -2,7 +2,9 @@
 //! parts from the record counts alone, then the parts themselves (rules in the module
 //! documentation of [`crate::data`]).
 
-use super::{DataError, Example, derive_seed, shuffled_indices};
+use super::error::DataError;
+use super::example::Example;
+use super::order::{derive_seed, shuffled_indices};
 use crate::config::DataConfig;
 use std::path::Path;
 

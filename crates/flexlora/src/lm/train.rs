@@ -215,7 +215,12 @@ impl TrainingTask for CausalLmTask {
         Ok(batch(&seqs, self.pad, self.device))
     }
 
-    fn loss(&self, model: &LmModel, (input, positions, targets): &Self::Batch, train: bool) -> Tensor {
+    fn loss(
+        &self,
+        model: &LmModel,
+        (input, positions, targets): &Self::Batch,
+        train: bool,
+    ) -> Tensor {
         answer_loss(model, (input, positions, targets), train)
     }
 

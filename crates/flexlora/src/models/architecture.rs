@@ -66,6 +66,17 @@ impl Architecture {
             })
     }
 
+    /// The `model.target_modules` of a config that names none: the attention's query and value
+    /// projections, the modules PEFT's LoRA adapts by default, in this architecture's module
+    /// names (transformers' current ones: ViT and DINOv2 say `q_proj`, `v_proj`).
+    pub fn default_target_modules(self) -> &'static [&'static str] {
+        match self {
+            Architecture::Bert => &["query", "value"],
+            Architecture::DebertaV2 => &["query_proj", "value_proj"],
+            Architecture::Vit | Architecture::Dinov2 | Architecture::Llama => &["q_proj", "v_proj"],
+        }
+    }
+
     /// Whether its inputs are images (ViT, DINOv2).
     pub fn is_vision(self) -> bool {
         matches!(self, Architecture::Vit | Architecture::Dinov2)

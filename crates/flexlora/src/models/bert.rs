@@ -3,10 +3,10 @@
 //! Every linear layer is an [`AdaptedLinear`] reachable by its Hugging Face module path
 //! (`encoder.layer.3.attention.self.query`), so adapters can be injected by PEFT-style patterns.
 
-use super::dropout::WithDropout;
 use super::hf::{CheckpointError, LayerNorm, Weights, linear, read_config};
 use super::packing::TokenPacking;
 use crate::adapter::AdaptedLinear;
+use crate::dropout::WithDropout;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use tch::{Device, Kind, Tensor};
@@ -425,7 +425,7 @@ impl BertModel {
 /// `mask`, with dropout `p` on the attention probabilities. Without dropout, or off the CPU,
 /// LibTorch's fused kernel; with dropout on the CPU, where LibTorch would fall back to the
 /// same unfused products but draw the mask serially, the products with the parallel mask of
-/// [`super::dropout::dropout`].
+/// [`crate::dropout::dropout`].
 fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, p: f64) -> Tensor {
     if p > 0.0 && q.device() == Device::Cpu {
         let (n, h, l, d) = (q.size()[0], q.size()[1], q.size()[2], q.size()[3]);

@@ -3,7 +3,7 @@
 
 use super::bert::{BertModel, EncoderInput};
 use super::hf::{CheckpointError, Weights};
-use crate::models::dropout::WithDropout;
+use crate::dropout::WithDropout;
 use tch::{Kind, Tensor};
 
 /// Mean of the hidden states over real tokens (sentence-transformers' pooling):

@@ -10,7 +10,6 @@ pub mod architecture;
 pub mod bert;
 pub mod classifier;
 pub mod deberta;
-pub mod dropout;
 pub mod heads;
 pub mod hf;
 pub mod image;

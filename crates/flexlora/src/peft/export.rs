@@ -22,6 +22,20 @@ pub enum PeftFormat {
     Adalora,
 }
 
+impl PeftFormat {
+    /// The format a finished run of `method` writes into its `adapter/` folder: PEFT's LoRA
+    /// for FlexLoRA and LoRA runs, AdaLoRA's for AdaLoRA; none for `full` and `linear_probe`,
+    /// which have no adapter.
+    pub fn of_method(method: crate::config::MethodName) -> Option<Self> {
+        use crate::config::MethodName;
+        match method {
+            MethodName::Flexlora | MethodName::Lora => Some(PeftFormat::Lora),
+            MethodName::Adalora => Some(PeftFormat::Adalora),
+            MethodName::Full | MethodName::LinearProbe => None,
+        }
+    }
+}
+
 /// One adapted module of a run's state.
 enum RunModule {
     Svd {

@@ -2,7 +2,7 @@
 //! standard deviation either side, and every seed's value as a dot.
 
 use super::{DrawResult, FAMILY, PlotError, text_available, write_png};
-use crate::ablate::mean_sd;
+use crate::stats::mean_sd;
 use plotters::prelude::*;
 use std::path::Path;
 

@@ -26,6 +26,7 @@ use anyhow::bail;
 use engine::{TrainingTask, Validation};
 use model::TaskModel;
 use run::RunDir;
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::time::Instant;
 use tch::{Device, Tensor};
@@ -201,7 +202,9 @@ impl TrainingTask for ClassificationTask<'_> {
     }
 }
 
-/// Trains the run described by `config` into `opts.output` and returns its summary.
+/// Trains the run described by `config` into `opts.output`, tests its best epoch and returns
+/// the summary, which [`write_summary`] then writes (after the caller's PEFT export: the PEFT
+/// format is a layer above training).
 pub fn train(config: &Config, opts: &TrainOptions) -> anyhow::Result<Summary> {
     let wall = Instant::now();
     let tc = &config.training;
@@ -257,22 +260,22 @@ pub fn train(config: &Config, opts: &TrainOptions) -> anyhow::Result<Summary> {
         peak_rss_mib: peak_rss_mib(),
         seed: tc.seed,
     };
-    // The adapter in Hugging Face PEFT's format, for use without flexlora (full runs: `merge`).
-    let format = match config.method.name {
-        MethodName::Flexlora | MethodName::Lora => Some(crate::peft::PeftFormat::Lora),
-        MethodName::Adalora => Some(crate::peft::PeftFormat::Adalora),
-        MethodName::Full | MethodName::LinearProbe => None,
-    };
-    if let Some(format) = format {
-        crate::peft::export_run(&opts.output, format, &opts.output.join("adapter"))?;
-    }
+    Ok(summary)
+}
+
+/// Writes `summary.json` into the run directory `output`: the last file of a run, since a
+/// summary marks the run finished (the caller writes the PEFT adapter folder first).
+pub fn write_summary(output: &std::path::Path, summary: &Summary) -> anyhow::Result<()> {
     fail::fail_point!("train.before_summary", |a| Err(crate::faults::io_error(
         "train.before_summary",
         a
     )
     .into()));
-    run.write_summary(&summary)?;
-    Ok(summary)
+    let text = serde_json::to_string_pretty(summary)?;
+    crate::io::write_atomic(&output.join("summary.json"), |w| {
+        w.write_all(text.as_bytes())
+    })?;
+    Ok(())
 }
 
 /// Refuses a FlexLoRA or AdaLoRA schedule that does not fit a run of `total_steps` steps

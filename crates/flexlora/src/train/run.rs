@@ -11,7 +11,6 @@
 //!             summary.json      written last: the run finished
 //! ```
 
-use super::Summary;
 use super::checkpoint::{self, TrainerState};
 use super::model::TrainableModel;
 use crate::adalora::AdaLoraAllocator;
@@ -279,15 +278,6 @@ impl RunDir {
             }
             self.log_ranks(&serde_json::to_value(&record)?)?;
         }
-        Ok(())
-    }
-
-    /// Writes `summary.json` (last: its presence marks a finished run).
-    pub fn write_summary(&self, summary: &Summary) -> anyhow::Result<()> {
-        let text = serde_json::to_string_pretty(summary)?;
-        crate::io::write_atomic(&self.root.join("summary.json"), |w| {
-            w.write_all(text.as_bytes())
-        })?;
         Ok(())
     }
 }

@@ -4,7 +4,7 @@
 
 use super::DebertaV2Config;
 use crate::adapter::AdaptedLinear;
-use crate::models::dropout::WithDropout;
+use crate::dropout::WithDropout;
 use tch::{Device, Kind, Tensor};
 
 /// Relative positions `i − j` of query `i` to key `j` for a sequence of `len` tokens,

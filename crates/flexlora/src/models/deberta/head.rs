@@ -1,8 +1,8 @@
 //! `DebertaV2ForSequenceClassification`'s head: the context pooler and the classifier.
 
 use super::DebertaV2Model;
+use crate::dropout::WithDropout;
 use crate::models::bert::EncoderInput;
-use crate::models::dropout::WithDropout;
 use crate::models::hf::{CheckpointError, Weights};
 use tch::Tensor;
 

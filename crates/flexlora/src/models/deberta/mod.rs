@@ -17,7 +17,7 @@ pub use head::DebertaV2Classifier;
 use super::bert::EncoderInput;
 use super::hf::{CheckpointError, LayerNorm, Weights, linear};
 use crate::adapter::AdaptedLinear;
-use crate::models::dropout::WithDropout;
+use crate::dropout::WithDropout;
 use std::path::Path;
 use tch::{Device, Kind, Tensor};
 

@@ -8,7 +8,7 @@
 
 use super::config::{VitConfig, VitVariant};
 use crate::adapter::AdaptedLinear;
-use crate::models::dropout::WithDropout;
+use crate::dropout::WithDropout;
 use crate::models::hf::{CheckpointError, LayerNorm, Weights};
 use tch::{Device, Kind, Tensor};
 

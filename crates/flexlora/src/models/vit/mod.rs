@@ -19,7 +19,7 @@ pub use layer::VitLayer;
 
 use super::hf::{CheckpointError, LayerNorm, Weights};
 use crate::adapter::AdaptedLinear;
-use crate::models::dropout::WithDropout;
+use crate::dropout::WithDropout;
 use layer::{MODULES, module_prefix};
 use std::path::Path;
 use tch::{Device, Kind, Tensor};
