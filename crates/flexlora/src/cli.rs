@@ -500,6 +500,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             };
             if crate::models::Architecture::of_folder(&cfg.model.path)?.is_decoder() {
                 let s = crate::lm::train_lm(&cfg, &opts)?;
+                if let Some(format) = crate::peft::PeftFormat::of_method(cfg.method.name) {
+                    crate::peft::export_run(&output, format, &output.join("adapter"))?;
+                }
+                crate::train::write_summary(&output, &s)?;
                 let avg = s.tasks.last();
                 println!(
                     "{}: average acc {:.4}, acc_norm {:.4} over {} tasks ({} questions); {} trainable parameters; {:.1} s",

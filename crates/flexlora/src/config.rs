@@ -95,8 +95,9 @@ pub struct ModelConfig {
     /// A Hugging Face checkpoint folder (config.json, model.safetensors, tokenizer.json).
     pub path: PathBuf,
     /// Module-path patterns of the linear layers to adapt (PEFT's `target_modules`). A config
-    /// file that leaves it out gets the architecture's attention query and value projections
-    /// (PEFT's convention; filled in when the file is loaded, [`crate::config_file`]).
+    /// file that leaves it out gets every linear layer of the architecture's blocks
+    /// ([`Architecture::default_target_modules`](crate::models::Architecture::default_target_modules),
+    /// filled in when the file is loaded, [`crate::config_file`]).
     #[serde(default)]
     pub target_modules: Vec<String>,
 }

@@ -107,8 +107,8 @@ pub fn defaults_toml() -> Result<String, ConfigError> {
         "# The value of every key a config leaves out. Nothing defaults model.path (a Hugging \
          Face\n# checkpoint folder) or the data (data.path, or data.train with optional \
          data.validation and\n# data.test). method.alpha is 8 * r_init for flexlora (shown) \
-         and 8 for lora and adalora;\n# model.target_modules is the architecture's attention \
-         query and value projections:\n",
+         and 8 for lora and adalora;\n# model.target_modules is every linear layer of the \
+         architecture's blocks (LLaMA: the paper's five projections):\n",
     );
     for arch in Architecture::ALL {
         text.push_str(&format!(

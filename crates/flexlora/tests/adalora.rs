@@ -341,6 +341,8 @@ fn slice(dir: &Path) -> PathBuf {
 fn adalora_args(data: &Path, out: &Path) -> Vec<String> {
     let mut v: Vec<String> = [
         "train",
+        "--config",
+        "configs/default.toml",
         "--method",
         "adalora",
         "--model",

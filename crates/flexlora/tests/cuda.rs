@@ -120,6 +120,8 @@ fn allocation_decisions_are_the_same_on_both_devices() {
         let out = dir.path().join(device);
         let mut args: Vec<String> = vec![
             "train".into(),
+            "--config".into(),
+            "configs/default.toml".into(),
             "--model".into(),
             common::minilm().display().to_string(),
             "--data".into(),

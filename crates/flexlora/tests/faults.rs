@@ -36,6 +36,8 @@ fn args(out: &Path) -> Vec<String> {
     let model = common::repo_root().join("assets/paraphrase-MiniLM-L3-v2");
     let mut v: Vec<String> = [
         "train",
+        "--config",
+        "configs/default.toml",
         "--model",
         &model.display().to_string(),
         "--data",

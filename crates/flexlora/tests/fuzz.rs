@@ -598,6 +598,8 @@ fn tiny_run(dir: &Path) -> std::path::PathBuf {
     let model = common::repo_root().join("assets/paraphrase-MiniLM-L3-v2");
     let args: Vec<String> = [
         "train",
+        "--config",
+        "configs/default.toml",
         "--model",
         &model.display().to_string(),
         "--set",

@@ -9,7 +9,7 @@ use std::process::Output;
 
 fn train(data: &Path, out: &Path, sets: &[&str], limit: Option<&str>) -> Output {
     let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_flexlora"));
-    c.args(["train", "--model"])
+    c.args(["train", "--config", "configs/default.toml", "--model"])
         .arg(common::minilm())
         .arg("--data")
         .arg(data)

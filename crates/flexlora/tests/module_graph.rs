@@ -58,8 +58,28 @@ fn paths_in(module: &[String], code: &str) -> Vec<Vec<String>> {
         };
         i += skip;
         let mut grouped = false;
-        // Segments up to the first non-path character.
+        // Segments up to the first non-path character; a `{…}` group ends the path.
         loop {
+            if chars.get(i) == Some(&'{') {
+                let end = chars[i..]
+                    .iter()
+                    .position(|&c| c == '}')
+                    .map_or(chars.len(), |p| i + p);
+                let group: String = chars[i + 1..end].iter().collect();
+                for item in group.split(',') {
+                    let mut p = base.clone();
+                    p.extend(
+                        item.trim()
+                            .split("::")
+                            .map(|s| s.trim().to_string())
+                            .filter(|s| !s.is_empty() && s != "self"),
+                    );
+                    out.push(p);
+                }
+                i = end;
+                grouped = true;
+                break;
+            }
             let start = i;
             while i < chars.len() && is_ident(chars[i]) {
                 i += 1;
@@ -72,26 +92,6 @@ fn paths_in(module: &[String], code: &str) -> Vec<Vec<String>> {
             }
             if chars.get(i) == Some(&':') && chars.get(i + 1) == Some(&':') {
                 i += 2;
-                if chars.get(i) == Some(&'{') {
-                    let end = chars[i..]
-                        .iter()
-                        .position(|&c| c == '}')
-                        .map_or(chars.len(), |p| i + p);
-                    let group: String = chars[i + 1..end].iter().collect();
-                    for item in group.split(',') {
-                        let mut p = base.clone();
-                        p.extend(
-                            item.trim()
-                                .split("::")
-                                .map(|s| s.trim().to_string())
-                                .filter(|s| !s.is_empty() && s != "self"),
-                        );
-                        out.push(p);
-                    }
-                    i = end;
-                    grouped = true;
-                    break;
-                }
                 continue;
             }
             break;

@@ -514,6 +514,8 @@ fn command_line_export_import_merge_on_a_trained_run() {
     let minilm = minilm();
     let mut args: Vec<String> = [
         "train",
+        "--config",
+        "configs/default.toml",
         "--model",
         minilm.to_str().unwrap(),
         "--data",

@@ -349,6 +349,8 @@ fn small_run(dir: &Path, out: &Path, sets: &[&str]) -> Vec<String> {
     let test = write_csv(&dir.join("test.csv"), header, &rows(24, 8));
     let mut args: Vec<String> = vec![
         "train".into(),
+        "--config".into(),
+        "configs/default.toml".into(),
         "--model".into(),
         common::minilm().display().to_string(),
         "--method".into(),

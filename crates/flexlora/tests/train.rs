@@ -20,6 +20,8 @@ fn slice(dir: &Path) -> PathBuf {
 fn base_args(data: &Path, out: &Path) -> Vec<String> {
     let mut v: Vec<String> = vec![
         "train".into(),
+        "--config".into(),
+        "configs/default.toml".into(),
         "--model".into(),
         minilm().display().to_string(),
         "--data".into(),

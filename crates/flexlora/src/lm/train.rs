@@ -305,7 +305,9 @@ fn check_tokens_fit(
 /// Trains the decoder run described by `config` into `opts.output` through the training
 /// engine (so with step checkpoints, `--resume` and `--init-from`), selects the best epoch on
 /// the held-out training questions (`data.validation_fraction` of each task's), scores its
-/// evaluation questions and returns the summary.
+/// evaluation questions and returns the summary, which
+/// [`write_summary`](crate::train::write_summary) writes after the caller's PEFT export, as for
+/// classifier runs.
 pub fn train_lm(config: &Config, opts: &TrainOptions) -> anyhow::Result<LmSummary> {
     let wall = Instant::now();
     let tc = &config.training;
@@ -388,10 +390,6 @@ pub fn train_lm(config: &Config, opts: &TrainOptions) -> anyhow::Result<LmSummar
         peak_rss_mib: crate::train::peak_rss_mib(),
         seed: tc.seed,
     };
-    let text = serde_json::to_string_pretty(&summary)?;
-    crate::io::write_atomic(&opts.output.join("summary.json"), |w| {
-        std::io::Write::write_all(w, text.as_bytes())
-    })?;
     Ok(summary)
 }
 

@@ -66,14 +66,35 @@ impl Architecture {
             })
     }
 
-    /// The `model.target_modules` of a config that names none: the attention's query and value
-    /// projections, the modules PEFT's LoRA adapts by default, in this architecture's module
-    /// names (transformers' current ones: ViT and DINOv2 say `q_proj`, `v_proj`).
+    /// The `model.target_modules` of a config that names none: every linear layer of every
+    /// block (PEFT's `"all-linear"`), as the FlexLoRA paper adapts them and as the configs in
+    /// configs/ do, since rank can only move between matrices that have adapters; for LLaMA the
+    /// paper's five projections (attention q, k, v and the MLP's up and down). Names are the
+    /// module names of transformers' current classes (ViT and DINOv2 say `q_proj`, `fc1`).
+    /// PEFT's own default, the query and value projections only, would give the main job's
+    /// FlexLoRA 12 matrices to move rank between instead of 36.
     pub fn default_target_modules(self) -> &'static [&'static str] {
         match self {
-            Architecture::Bert => &["query", "value"],
-            Architecture::DebertaV2 => &["query_proj", "value_proj"],
-            Architecture::Vit | Architecture::Dinov2 | Architecture::Llama => &["q_proj", "v_proj"],
+            Architecture::Bert => &[
+                "query",
+                "key",
+                "value",
+                "attention.output.dense",
+                "intermediate.dense",
+                "output.dense",
+            ],
+            Architecture::DebertaV2 => &[
+                "query_proj",
+                "key_proj",
+                "value_proj",
+                "attention.output.dense",
+                "intermediate.dense",
+                "output.dense",
+            ],
+            Architecture::Vit | Architecture::Dinov2 => {
+                &["q_proj", "k_proj", "v_proj", "o_proj", "fc1", "fc2"]
+            }
+            Architecture::Llama => &["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"],
         }
     }
 

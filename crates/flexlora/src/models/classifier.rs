@@ -29,15 +29,16 @@ pub enum Encoder {
 /// module paths and merged checkpoints use these names).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HfNames {
-    /// The encoder's prefix: `bert`, `deberta`.
+    /// The encoder's (or decoder's) prefix: `bert`, `deberta`, `model`.
     pub prefix: &'static str,
     /// The pooler's dense layer: `bert.pooler.dense`, `pooler.dense`; none for image
     /// classifiers, whose heads read the hidden states directly.
     pub pooler: Option<&'static str>,
     /// The class name for `architectures`.
     pub architecture: &'static str,
-    /// PEFT's `task_type` for the adapter config: `SEQ_CLS` for text classifiers; none for
-    /// image classifiers (PEFT's sequence-classification wrapper passes token inputs).
+    /// PEFT's `task_type` for the adapter config: `SEQ_CLS` for text classifiers, `CAUSAL_LM`
+    /// for decoders; none for image classifiers (PEFT's sequence-classification wrapper passes
+    /// token inputs).
     pub peft_task_type: Option<&'static str>,
 }
 
@@ -69,6 +70,14 @@ const DINOV2_NAMES: HfNames = HfNames {
     peft_task_type: None,
 };
 
+/// A LLaMA-family decoder as transformers' `LlamaForCausalLM` names it (no classifier head).
+const LLAMA_NAMES: HfNames = HfNames {
+    prefix: "model",
+    pooler: None,
+    architecture: "LlamaForCausalLM",
+    peft_task_type: Some("CAUSAL_LM"),
+};
+
 impl HfNames {
     /// The names for the checkpoint folder `folder` (by its `model_type`).
     pub fn of_folder(folder: &Path) -> Result<Self, CheckpointError> {
@@ -76,8 +85,8 @@ impl HfNames {
             Architecture::DebertaV2 => DEBERTA_NAMES,
             Architecture::Vit => VIT_NAMES,
             Architecture::Dinov2 => DINOV2_NAMES,
-            // (A decoder has no classifier names; its loader refuses it first.)
-            Architecture::Bert | Architecture::Llama => BERT_NAMES,
+            Architecture::Llama => LLAMA_NAMES,
+            Architecture::Bert => BERT_NAMES,
         })
     }
 }

@@ -55,7 +55,9 @@ enum RunModule {
 /// The adapters and trained head of a run's state, modules in model order.
 struct RunAdapters {
     modules: Vec<(String, RunModule)>,
-    classifier: (Tensor, Tensor),
+    /// The classifier's weight and bias (none for a decoder, whose head is the frozen
+    /// language-model head).
+    classifier: Option<(Tensor, Tensor)>,
     pooler: Option<(Tensor, Tensor)>,
     /// The base architecture's names (`bert.` or `deberta.` module paths).
     names: crate::models::HfNames,
@@ -177,14 +179,21 @@ fn run_adapters(
             .map(|t| t.detach().to_kind(Kind::Float))
             .ok_or_else(|| run_error(format!("tensor `{name}` is missing")))
     };
-    let classifier = (get("head.classifier.weight")?, get("head.classifier.bias")?);
+    let base_error = |e| run_error(format!("the base model: {e}"));
+    let names = crate::models::HfNames::of_folder(&config.model.path).map_err(base_error)?;
+    let decoder = crate::models::Architecture::of_folder(&config.model.path)
+        .map_err(base_error)?
+        .is_decoder();
+    let classifier = if decoder {
+        None
+    } else {
+        Some((get("head.classifier.weight")?, get("head.classifier.bias")?))
+    };
     let pooler = if tensors.contains_key("head.pooler.weight") {
         Some((get("head.pooler.weight")?, get("head.pooler.bias")?))
     } else {
         None
     };
-    let names = crate::models::HfNames::of_folder(&config.model.path)
-        .map_err(|e| run_error(format!("the base model: {e}")))?;
     Ok(RunAdapters {
         modules,
         classifier,
@@ -280,10 +289,15 @@ fn base_model_name(config: &Config) -> String {
 
 /// The fields every adapter config we write shares.
 fn common_config(config: &Config, run: &RunAdapters, targets: Vec<String>) -> Map<String, Value> {
-    let mut modules_to_save = vec!["classifier"];
+    let mut modules_to_save = Vec::new();
+    if run.classifier.is_some() {
+        modules_to_save.push("classifier");
+    }
     if run.pooler.is_some() {
         modules_to_save.push("pooler");
     }
+    // PEFT writes null for no modules to save.
+    let modules_to_save = (!modules_to_save.is_empty()).then_some(modules_to_save);
     let v = json!({
         "task_type": run.names.peft_task_type,
         "base_model_name_or_path": base_model_name(config),
@@ -309,14 +323,10 @@ fn common_config(config: &Config, run: &RunAdapters, targets: Vec<String>) -> Ma
 }
 
 fn head_tensors(run: &RunAdapters, out: &mut Vec<(String, Tensor)>) {
-    out.push((
-        format!("{KEY_PREFIX}classifier.weight"),
-        run.classifier.0.contiguous(),
-    ));
-    out.push((
-        format!("{KEY_PREFIX}classifier.bias"),
-        run.classifier.1.contiguous(),
-    ));
+    if let Some((w, b)) = &run.classifier {
+        out.push((format!("{KEY_PREFIX}classifier.weight"), w.contiguous()));
+        out.push((format!("{KEY_PREFIX}classifier.bias"), b.contiguous()));
+    }
     if let (Some((w, b)), Some(pooler)) = (&run.pooler, run.names.pooler) {
         out.push((format!("{KEY_PREFIX}{pooler}.weight"), w.contiguous()));
         out.push((format!("{KEY_PREFIX}{pooler}.bias"), b.contiguous()));

@@ -10,21 +10,24 @@ use std::collections::HashMap;
 use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
-/// Tokenizer files copied from the base folder when present.
+/// Tokenizer (and generation) files copied from the base folder when present.
 const TOKENIZER_FILES: &[&str] = &[
     "tokenizer.json",
     "tokenizer_config.json",
     "special_tokens_map.json",
     "vocab.txt",
     "added_tokens.json",
+    "chat_template.jinja",
+    "generation_config.json",
 ];
 
 /// The provenance file a merged folder holds (and the mark of one, for replacing it).
 const MERGE_RECORD: &str = "flexlora_merge.json";
 
 /// Folds the adapter of the finished run in `run_dir` into its base model's weights and writes
-/// a complete Hugging Face `BertForSequenceClassification` folder at `output`, which
-/// transformers loads without PEFT:
+/// a complete Hugging Face folder at `output` (`…ForSequenceClassification` or
+/// `…ForImageClassification`; a decoder run's `LlamaForCausalLM`, see [`merge_decoder_run`]),
+/// which transformers loads without PEFT:
 ///
 /// - `model.safetensors`: every encoder weight with its `bert.` name, each adapted layer's
 ///   weight replaced by `W + ΔW` (for `full` runs, the trained weights), the pooler
@@ -38,6 +41,9 @@ const MERGE_RECORD: &str = "flexlora_merge.json";
 /// merge. Draws from LibTorch's global generator (the model is built, then overwritten).
 pub fn merge_run(run_dir: &Path, output: &Path) -> anyhow::Result<()> {
     let run = RunState::load(run_dir)?;
+    if crate::models::Architecture::of_folder(&run.config.model.path)?.is_decoder() {
+        return merge_decoder_run(run_dir, &run, output);
+    }
     let config = &run.config;
     let num_labels = run
         .tensors
@@ -143,6 +149,71 @@ pub fn merge_run(run_dir: &Path, output: &Path) -> anyhow::Result<()> {
             Tensor::write_safetensors(&tensors, tmp.join("model.safetensors"))?;
             write_json(&tmp.join("config.json"), &Value::Object(hf))?;
             for f in TOKENIZER_FILES {
+                let src = base.join(f);
+                if src.exists() {
+                    std::fs::copy(&src, tmp.join(f))
+                        .with_context(|| format!("copying {}", src.display()))?;
+                }
+            }
+            write_json(&tmp.join(MERGE_RECORD), &record)
+        },
+    )
+}
+
+/// The decoder form of [`merge_run`]: the base folder's `model.safetensors` with every adapted
+/// projection's weight replaced by `W + ΔW` (computed in f64, stored in the base's dtype), and
+/// its `config.json` (`LlamaForCausalLM`), generation and tokenizer files unchanged.
+fn merge_decoder_run(run_dir: &Path, run: &RunState, output: &Path) -> anyhow::Result<()> {
+    let (config, model) = crate::lm::LmModel::from_run(run_dir, Device::Cpu)?;
+    let adapted = model
+        .model
+        .linears()
+        .into_iter()
+        .filter(|l| l.adapter.is_some());
+    let mut deltas: HashMap<String, Tensor> = HashMap::new();
+    tch::no_grad(|| {
+        for (path, layer) in model.adapted_paths.iter().zip(adapted) {
+            if let Some(adapter) = &layer.adapter {
+                let delta = adapter.delta_weight().to_kind(Kind::Double);
+                deltas.insert(format!("model.{path}.weight"), delta);
+            }
+        }
+    });
+    let base = &config.model.path;
+    let weights = base.join("model.safetensors");
+    let mut tensors = Tensor::read_safetensors(&weights)
+        .with_context(|| format!("reading {} (one weights file is merged)", weights.display()))?;
+    let mut merged = 0;
+    tch::no_grad(|| {
+        for (name, t) in tensors.iter_mut() {
+            if let Some(d) = deltas.get(name.as_str()) {
+                *t = (t.to_kind(Kind::Double) + d).to_kind(t.kind()).contiguous();
+                merged += 1;
+            }
+        }
+    });
+    if merged != deltas.len() {
+        anyhow::bail!(
+            "{}: {} of the {} adapted projections have no weight of that name there",
+            weights.display(),
+            deltas.len() - merged,
+            deltas.len()
+        );
+    }
+    let record = json!({
+        "run": std::fs::canonicalize(run_dir).unwrap_or_else(|_| run_dir.to_path_buf()).display().to_string(),
+        "checkpoint": run.checkpoint.display().to_string(),
+        "method": config.method.name,
+        "base_model": base.display().to_string(),
+        "merged_modules": model.adapted_paths,
+    });
+    write_dir_atomic(
+        output,
+        "a merged model (flexlora_merge.json)",
+        |d| d.join(MERGE_RECORD).exists(),
+        |tmp| {
+            Tensor::write_safetensors(&tensors, tmp.join("model.safetensors"))?;
+            for f in std::iter::once(&"config.json").chain(TOKENIZER_FILES) {
                 let src = base.join(f);
                 if src.exists() {
                     std::fs::copy(&src, tmp.join(f))

@@ -265,7 +265,10 @@ pub fn train(config: &Config, opts: &TrainOptions) -> anyhow::Result<Summary> {
 
 /// Writes `summary.json` into the run directory `output`: the last file of a run, since a
 /// summary marks the run finished (the caller writes the PEFT adapter folder first).
-pub fn write_summary(output: &std::path::Path, summary: &Summary) -> anyhow::Result<()> {
+pub fn write_summary(
+    output: &std::path::Path,
+    summary: &impl serde::Serialize,
+) -> anyhow::Result<()> {
     fail::fail_point!("train.before_summary", |a| Err(crate::faults::io_error(
         "train.before_summary",
         a

@@ -1,0 +1,199 @@
+//! Decoder runs in Hugging Face PEFT's format, checked by Python PEFT and transformers on the
+//! real SmolLM2-135M-Instruct: `flexlora export` (LoRA and AdaLoRA, `task_type` CAUSAL_LM)
+//! loaded onto `LlamaForCausalLM`, and `flexlora merge` loaded without PEFT, give our logits.
+
+mod common;
+
+use common::{golden_with_args, max_abs_diff, repo_root, run_flexlora};
+use flexlora::adapter::Adapter;
+use flexlora::config::Config;
+use flexlora::lm::LmModel;
+use flexlora::train::model::TrainableModel;
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use tch::{Device, Kind, Tensor};
+
+fn smollm2() -> PathBuf {
+    let p = repo_root().join("assets/smollm2-135m-instruct");
+    assert!(
+        p.join("model.safetensors").exists(),
+        "{} is missing: run scripts/fetch-assets llama",
+        p.display()
+    );
+    p
+}
+
+/// The commonsense decoder config on the real SmolLM2 with `method`, rank 2 of 4 slots.
+fn config(method: &str) -> Config {
+    let q = |p: &Path| toml::Value::String(p.display().to_string()).to_string();
+    let sets = [
+        format!("model.path={}", q(&smollm2())),
+        format!("method.name=\"{method}\""),
+        "method.r_init=2".into(),
+        "method.r_max=4".into(),
+        "training.device=\"cpu\"".into(),
+    ];
+    let file = repo_root().join("configs/commonsense/smollm2-flexlora.toml");
+    Config::load(&file, &sets).unwrap().config
+}
+
+/// The decoder of `config` with non-zero adapters: SVD adapters get random `P`, `Q`, `λ` with
+/// ranks 1 to 4 of 4 slots (a different rank in neighbouring modules, one module at rank 0),
+/// LoRA adapters a random `B`.
+fn perturbed(config: &Config, seed: i64) -> LmModel {
+    tch::manual_seed(seed);
+    let mut m = LmModel::build(config, Device::Cpu).unwrap();
+    let opts = (Kind::Float, Device::Cpu);
+    tch::no_grad(|| {
+        for (k, a) in m.svd_adapters_mut().into_iter().enumerate() {
+            let slots = a.active().len();
+            let active: Vec<bool> = (0..slots)
+                .map(|i| match k % 5 {
+                    0 => true,
+                    1 => i == 1,
+                    2 => i % 2 == 0,
+                    3 => false, // rank 0: no LoRA pair in PEFT, ΔW = 0
+                    _ => i < 3,
+                })
+                .collect();
+            let mask: Vec<f32> = active.iter().map(|&b| f32::from(u8::from(b))).collect();
+            let p = Tensor::randn(a.p.size(), opts) * 0.05;
+            let q = Tensor::randn(a.q.size(), opts) * 0.05;
+            let lam = Tensor::randn([slots as i64], opts) * 0.5 * Tensor::from_slice(&mask);
+            a.restore(&p, &lam, &q, active).unwrap();
+        }
+        for l in m.model.linears_mut() {
+            if let Some(Adapter::Lora(a)) = &mut l.adapter {
+                a.b.copy_(&(Tensor::randn(a.b.size(), opts) * 0.02));
+            }
+        }
+    });
+    m
+}
+
+/// Writes a finished-looking decoder run: `config.toml`, `checkpoints/best` and `final`.
+fn write_run(dir: &Path, config: &Config, model: &LmModel) {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("config.toml"), toml::to_string(config).unwrap()).unwrap();
+    for name in ["best", "final"] {
+        flexlora::train::checkpoint::write_checkpoint(&dir.join("checkpoints").join(name), |d| {
+            Ok(Tensor::write_safetensors(
+                &model.state(),
+                d.join("model.safetensors"),
+            )?)
+        })
+        .unwrap();
+    }
+}
+
+fn ok(out: &std::process::Output) {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn flexlora(args: &[&Path]) -> std::process::Output {
+    run_flexlora(
+        &args
+            .iter()
+            .map(|a| a.display().to_string())
+            .collect::<Vec<_>>(),
+    )
+}
+
+/// The bound of tests/llama_real.rs: f32 through 30 layers, relative to the logits' scale.
+fn bound(reference: &Tensor) -> f64 {
+    (1e-5 * reference.abs().max().double_value(&[])).max(1e-4)
+}
+
+#[test]
+fn decoder_adapters_export_to_peft_and_merge_with_the_same_logits() {
+    let dir = tempfile::tempdir().unwrap();
+    // "The capital of France is" and a few more tokens of SmolLM2's vocabulary.
+    let ids = Tensor::from_slice(&[1i64, 504, 3575, 282, 4649, 314, 7042, 30, 198, 504, 2988])
+        .unsqueeze(0);
+    let mut jobs = vec![json!({"name": "base", "base": smollm2()})];
+    let mut ours: HashMap<String, Tensor> = HashMap::new();
+    for method in ["flexlora", "lora"] {
+        let config = config(method);
+        let model = perturbed(&config, 7);
+        let run = dir.path().join(method);
+        write_run(&run, &config, &model);
+        ours.insert(
+            method.into(),
+            tch::no_grad(|| {
+                model
+                    .model
+                    .logits(&model.model.forward(&ids, None, None, false))
+            }),
+        );
+        let formats: &[&str] = if method == "lora" {
+            &["peft-lora"]
+        } else {
+            &["peft-lora", "peft-adalora"]
+        };
+        for format in formats {
+            let out = dir.path().join(format!("{method}-{format}"));
+            ok(&flexlora(&[
+                Path::new("export"),
+                Path::new("--run"),
+                &run,
+                Path::new("--format"),
+                Path::new(format),
+                Path::new("--output"),
+                &out,
+            ]));
+            let config: Value = serde_json::from_str(
+                &std::fs::read_to_string(out.join("adapter_config.json")).unwrap(),
+            )
+            .unwrap();
+            assert_eq!(config["task_type"], "CAUSAL_LM");
+            assert_eq!(config["modules_to_save"], Value::Null);
+            jobs.push(
+                json!({"name": format!("{method}-{format}"), "base": smollm2(), "adapter": out}),
+            );
+        }
+        let merged = dir.path().join(format!("{method}-merged"));
+        ok(&flexlora(&[
+            Path::new("merge"),
+            Path::new("--run"),
+            &run,
+            Path::new("--output"),
+            &merged,
+        ]));
+        jobs.push(json!({"name": format!("{method}-merged"), "merged": merged}));
+    }
+    let spec = dir.path().join("spec.json");
+    std::fs::write(&spec, json!({ "jobs": jobs }).to_string()).unwrap();
+    let golden = golden_with_args(
+        "peft_causal_lm.py",
+        &[spec.to_str().unwrap()],
+        &[("input_ids", &ids)],
+    );
+    for (name, theirs) in &golden {
+        let Some(job) = name.strip_prefix("logits.") else {
+            continue;
+        };
+        if job == "base" {
+            continue;
+        }
+        let method = job.split('-').next().unwrap();
+        let d = max_abs_diff(&ours[method], theirs);
+        let b = bound(theirs);
+        eprintln!("{job}: max |ours - theirs| {d:e} (bound {b:e})");
+        assert!(d <= b, "{job}: logits differ by {d:e} (bound {b:e})");
+        // The adapters matter: far beyond the tolerance from the base model's logits.
+        let moved = max_abs_diff(theirs, &golden["logits.base"]);
+        assert!(
+            moved > 100.0 * b,
+            "{job}: the adapter moved the logits by {moved:e} only"
+        );
+    }
+    assert_eq!(
+        golden.keys().filter(|k| k.starts_with("logits.")).count(),
+        6
+    );
+}
