@@ -139,16 +139,23 @@ pub enum Command {
         /// cpu, cuda, cuda:N or auto (default: the run's training.device).
         #[arg(long)]
         device: Option<String>,
+        /// Also write every example's prediction here: .csv or .jsonl (index in the split,
+        /// true label, predicted label, class probabilities).
+        #[arg(long, value_name = "FILE")]
+        predictions: Option<PathBuf>,
     },
-    /// Predict labels for texts with a finished run's best checkpoint.
+    /// Predict labels for texts or images with a finished run's best checkpoint.
     Predict {
         /// The run directory.
         #[arg(long)]
         run: PathBuf,
-        /// Texts: one per line, or a .jsonl file (field `text`, and `text_pair` for pair tasks).
+        /// Text runs: one text per line, or a .jsonl file (field `text`, and `text_pair` for
+        /// pair tasks). Image runs: an image file (PNG, JPEG, BMP, WebP, PNM, TGA, ICO) or a
+        /// folder of them (read in file-name order; other files are left out), each converted
+        /// to 8-bit grey as the run's data is.
         #[arg(long)]
         input: PathBuf,
-        /// Predictions: .csv or .jsonl (label, and class probabilities).
+        /// Predictions: .csv or .jsonl (line or file name, label, and class probabilities).
         #[arg(long)]
         output: PathBuf,
         /// cpu, cuda, cuda:N or auto (default: the run's training.device).
@@ -546,9 +553,12 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             crate::lm::lm_eval(&cfg, run.as_deref(), output.as_deref(), quiet).map(|_| ())
         }
         Command::Generate(args) => crate::lm::commands::generate_command(&args),
-        Command::Eval { run, split, device } => {
-            crate::train::commands::eval(&run, &split, device.as_deref())
-        }
+        Command::Eval {
+            run,
+            split,
+            device,
+            predictions,
+        } => crate::train::commands::eval(&run, &split, device.as_deref(), predictions.as_deref()),
         Command::Predict {
             run,
             input,
