@@ -110,6 +110,30 @@ impl Encoder {
         }
     }
 
+    /// The last hidden states `[batch, tokens, hidden]` (text encoders: zeros, or unused
+    /// values, at padding; vision encoders: the class token first, after the final layer
+    /// norm). `train` switches dropout on.
+    ///
+    /// # Panics
+    /// When a text encoder is given pixels or a vision encoder tokens (see [`ModelInput::text`]).
+    pub fn forward(&self, input: &ModelInput, train: bool) -> Tensor {
+        match self {
+            Encoder::Bert(m) => m.forward(input.text(), train),
+            Encoder::DebertaV2(m) => m.forward(input.text(), train),
+            Encoder::Vit(m) => m.forward(input.pixels(), train),
+        }
+    }
+
+    /// The longest token sequence a text encoder was trained for (`max_position_embeddings`);
+    /// none for vision encoders.
+    pub fn max_positions(&self) -> Option<i64> {
+        match self {
+            Encoder::Bert(m) => Some(m.config.max_position_embeddings),
+            Encoder::DebertaV2(m) => Some(m.config.max_position_embeddings),
+            Encoder::Vit(_) => None,
+        }
+    }
+
     /// Hugging Face module paths of the linear layers, in model order.
     pub fn linear_paths(&self) -> Vec<String> {
         match self {
