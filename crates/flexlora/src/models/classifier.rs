@@ -70,15 +70,31 @@ const DINOV2_NAMES: HfNames = HfNames {
 };
 
 impl HfNames {
+    /// The names of `architecture`'s classifiers; none for a decoder.
+    pub fn of(architecture: Architecture) -> Option<Self> {
+        match architecture {
+            Architecture::Bert => Some(BERT_NAMES),
+            Architecture::DebertaV2 => Some(DEBERTA_NAMES),
+            Architecture::Vit => Some(VIT_NAMES),
+            Architecture::Dinov2 => Some(DINOV2_NAMES),
+            Architecture::Llama => None,
+        }
+    }
+
     /// The names for the checkpoint folder `folder` (by its `model_type`).
     pub fn of_folder(folder: &Path) -> Result<Self, CheckpointError> {
-        Ok(match Architecture::of_folder(folder)? {
-            Architecture::DebertaV2 => DEBERTA_NAMES,
-            Architecture::Vit => VIT_NAMES,
-            Architecture::Dinov2 => DINOV2_NAMES,
-            // (A decoder has no classifier names; its loader refuses it first.)
-            Architecture::Bert | Architecture::Llama => BERT_NAMES,
-        })
+        // (A decoder has no classifier names; its loader refuses it first.)
+        Ok(Self::of(Architecture::of_folder(folder)?).unwrap_or(BERT_NAMES))
+    }
+
+    /// The encoder prefixes of every architecture's classifiers (`bert`, `deberta`, `vit`,
+    /// `dinov2`).
+    pub fn all_prefixes() -> Vec<&'static str> {
+        Architecture::ALL
+            .into_iter()
+            .filter_map(Self::of)
+            .map(|n| n.prefix)
+            .collect()
     }
 }
 

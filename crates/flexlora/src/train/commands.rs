@@ -98,50 +98,7 @@ pub fn predict(
     let (config, splits, model, preprocessor, device) = load_run(run_dir, device)?;
     let batch = (config.training.eval_batch_size as usize).max(1);
     if let Preprocessor::Image(_) = preprocessor {
-        let files = data::image_files(input)?;
-        let (mut predictions, mut probabilities) = (Vec::new(), Vec::new());
-        // Decoded a batch at a time, so a folder of large photos is never all in memory.
-        for chunk in files.files.chunks(batch) {
-            let examples = chunk
-                .iter()
-                .map(|(_, path)| {
-                    Ok(Example {
-                        text: String::new(),
-                        text_pair: None,
-                        label: 0.0,
-                        image: Some(data::read_grey_image(path)?),
-                    })
-                })
-                .collect::<anyhow::Result<Vec<_>>>()?;
-            let e = eval::predict(&model, &preprocessor, &examples, batch, device)?;
-            predictions.extend(e.predictions);
-            probabilities.extend(e.probabilities);
-        }
-        let keys: Vec<_> = files
-            .files
-            .iter()
-            .map(|(name, _)| keys([("file", name.as_str().into())]))
-            .collect();
-        let p = Predictions {
-            label_names: &splits.label_names,
-            predictions: &predictions,
-            probabilities: &probabilities,
-        };
-        write_predictions(output, &keys, &["file"], &p)?;
-        if !files.skipped.is_empty() {
-            eprintln!(
-                "left out {} file(s) of {} that are not images by their extension: {}",
-                files.skipped.len(),
-                input.display(),
-                files.skipped.join(", ")
-            );
-        }
-        eprintln!(
-            "predicted {} images -> {}",
-            files.files.len(),
-            output.display()
-        );
-        return Ok(());
+        return predict_images(&model, &preprocessor, &splits, input, output, batch, device);
     }
     let texts = crate::embed::read_texts(input, "text")?;
     let pairs: Vec<Option<String>> = if input.extension().is_some_and(|e| e == "jsonl") {
@@ -180,5 +137,62 @@ pub fn predict(
     };
     write_predictions(output, &keys, &["line"], &p)?;
     eprintln!("predicted {} texts -> {}", texts.len(), output.display());
+    Ok(())
+}
+
+/// `predict` on an image run: every image of `input` (a file or a folder), decoded a batch at
+/// a time, written as rows keyed by `file`.
+fn predict_images(
+    model: &TaskModel,
+    preprocessor: &Preprocessor,
+    splits: &data::Splits,
+    input: &Path,
+    output: &Path,
+    batch: usize,
+    device: tch::Device,
+) -> anyhow::Result<()> {
+    let files = data::image_files(input)?;
+    let (mut predictions, mut probabilities) = (Vec::new(), Vec::new());
+    // Decoded a batch at a time, so a folder of large photos is never all in memory.
+    for chunk in files.files.chunks(batch) {
+        let examples = chunk
+            .iter()
+            .map(|(_, path)| {
+                Ok(Example {
+                    text: String::new(),
+                    text_pair: None,
+                    label: 0.0,
+                    image: Some(data::read_grey_image(path)?),
+                })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let e = eval::predict(model, preprocessor, &examples, batch, device)?;
+        predictions.extend(e.predictions);
+        probabilities.extend(e.probabilities);
+    }
+    let keys: Vec<_> = files
+        .files
+        .iter()
+        .map(|(name, _)| keys([("file", name.as_str().into())]))
+        .collect();
+    let p = Predictions {
+        label_names: &splits.label_names,
+        predictions: &predictions,
+        probabilities: &probabilities,
+    };
+    write_predictions(output, &keys, &["file"], &p)?;
+    if !files.skipped.is_empty() {
+        eprintln!(
+            "left out {} file(s) of {} that are not images by their extension: {}",
+            files.skipped.len(),
+            input.display(),
+            files.skipped.join(", ")
+        );
+    }
+    eprintln!(
+        "predicted {} images -> {}",
+        files.files.len(),
+        output.display()
+    );
     Ok(())
 }
