@@ -139,43 +139,61 @@ pub enum Command {
         /// cpu, cuda, cuda:N or auto (default: the run's training.device).
         #[arg(long)]
         device: Option<String>,
+        /// Also write every example's prediction here: .csv or .jsonl (index in the split,
+        /// true label, predicted label, class probabilities).
+        #[arg(long, value_name = "FILE")]
+        predictions: Option<PathBuf>,
     },
-    /// Predict labels for texts with a finished run's best checkpoint.
+    /// Predict labels for texts or images with a finished run's best checkpoint.
     Predict {
         /// The run directory.
         #[arg(long)]
         run: PathBuf,
-        /// Texts: one per line, or a .jsonl file (field `text`, and `text_pair` for pair tasks).
+        /// Text runs: one text per line, or a .jsonl file (field `text`, and `text_pair` for
+        /// pair tasks). Image runs: an image file (PNG, JPEG, BMP, WebP, PNM, TGA, ICO) or a
+        /// folder of them (read in file-name order; other files are left out), each converted
+        /// to 8-bit grey as the run's data is.
         #[arg(long)]
         input: PathBuf,
-        /// Predictions: .csv or .jsonl (label, and class probabilities).
+        /// Predictions: .csv or .jsonl (line or file name, label, and class probabilities).
         #[arg(long)]
         output: PathBuf,
         /// cpu, cuda, cuda:N or auto (default: the run's training.device).
         #[arg(long)]
         device: Option<String>,
     },
-    /// Sentence embeddings (mean pooling, as sentence-transformers) of a text file (one text
-    /// per line) or a JSONL file, written as JSONL.
+    /// Embeddings of texts or images, written as JSONL. Text encoders (BERT, DeBERTa-v2/v3):
+    /// the last hidden states mean-pooled over real tokens (as sentence-transformers). Vision
+    /// encoders: transformers' pooler_output: DINOv2 the class token after the final layer
+    /// norm, ViT tanh(pooler.dense(class token)) (the checkpoint must have its pooler).
     Embed {
-        /// Hugging Face model folder (config.json, model.safetensors, tokenizer.json).
+        /// Hugging Face model folder (config.json, model.safetensors; tokenizer.json for text
+        /// encoders).
         #[arg(long)]
         model: PathBuf,
-        /// Texts: a .jsonl file (field `text`) or a plain file with one text per line.
+        /// Text encoders: a .jsonl file (field `text`) or a plain file with one text per line.
+        /// Vision encoders: an image file (PNG, JPEG, BMP, WebP, PNM, TGA, ICO) or a folder of
+        /// them (file-name order), each decoded to 8-bit grey, resized to the model's size and
+        /// repeated to RGB.
         #[arg(long)]
         input: PathBuf,
-        /// Output JSONL: one {"line", "text", "embedding"} object per text.
+        /// Output JSONL: one {"line", "text", "embedding"} object per text, or
+        /// {"file", "embedding"} per image.
         #[arg(long)]
         output: PathBuf,
         /// L2-normalise the embeddings (sentence-transformers' Normalize module).
         #[arg(long)]
         normalize: bool,
-        /// Texts per forward pass.
+        /// Texts or images per forward pass.
         #[arg(long, default_value_t = 32)]
         batch_size: usize,
         /// Truncation length in tokens (default: the model's sentence-transformers setting).
         #[arg(long)]
         max_length: Option<usize>,
+        /// Vision encoders: the side images are resized to (default: the checkpoint's
+        /// preprocessor_config.json crop size or size, else config.json's image_size).
+        #[arg(long)]
+        image_size: Option<u32>,
         /// JSONL field holding the text.
         #[arg(long, default_value = "text")]
         field: String,
@@ -550,9 +568,12 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             crate::lm::lm_eval(&cfg, run.as_deref(), output.as_deref(), quiet).map(|_| ())
         }
         Command::Generate(args) => crate::lm::commands::generate_command(&args),
-        Command::Eval { run, split, device } => {
-            crate::train::commands::eval(&run, &split, device.as_deref())
-        }
+        Command::Eval {
+            run,
+            split,
+            device,
+            predictions,
+        } => crate::train::commands::eval(&run, &split, device.as_deref(), predictions.as_deref()),
         Command::Predict {
             run,
             input,
@@ -566,6 +587,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             normalize,
             batch_size,
             max_length,
+            image_size,
             field,
             device,
             threads,
@@ -579,9 +601,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 normalize,
                 device: crate::device::parse_device(&device)?,
                 field,
+                image_size,
             };
-            let n = crate::embed::embed_file(&model, &input, &output, &opts)?;
-            eprintln!("embedded {n} texts -> {}", output.display());
+            let e = crate::embed::embed_file(&model, &input, &output, &opts)?;
+            eprintln!("embedded {} {} -> {}", e.count, e.what, output.display());
             Ok(())
         }
         Command::Export {

@@ -1,12 +1,22 @@
-//! `flexlora embed`: mean-pooled sentence embeddings of a text or JSONL file, as
-//! sentence-transformers computes them for BERT models with mean pooling.
+//! `flexlora embed`: one vector per text or image, from an encoder checkpoint.
+//!
+//! - **Text encoders** (BERT, DeBERTa-v2/v3): the last hidden states mean-pooled over the real
+//!   (unpadded) tokens, as sentence-transformers computes them for models with mean pooling;
+//!   input is a text or JSONL file ([`read_texts`]).
+//! - **Vision encoders** (ViT, DINOv2): transformers' `pooler_output` ([`vision`]); input is an
+//!   image file or a folder of them ([`crate::data::image_files`]).
+//! - Decoders (LLaMA) are refused.
+//!
+//! The architecture comes from the folder's `config.json` ([`Architecture`]).
 
-use crate::models::{BertModel, TextTokenizer, l2_normalize, mean_pool};
+mod vision;
+
+use crate::models::{Architecture, Encoder, ModelInput, TextTokenizer, l2_normalize, mean_pool};
 use anyhow::{Context, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::Write;
 use std::path::Path;
-use tch::{Device, Kind};
+use tch::{Device, Kind, Tensor};
 
 /// One text to embed and where it came from.
 #[derive(Debug, Clone, PartialEq)]
@@ -71,45 +81,99 @@ pub struct EmbedOptions {
     pub device: Device,
     /// JSONL field holding the text.
     pub field: String,
+    /// Vision encoders: the side images are resized to; `None` for the checkpoint's
+    /// (`preprocessor_config.json`'s crop size or size, else `config.json`'s `image_size`).
+    pub image_size: Option<u32>,
 }
 
-/// Embeds every text of `input` with the model in `model_dir` and writes one JSON object per
-/// text (`line`, `text`, `embedding`) to `output`, through a temporary file and a rename.
-/// Returns the number of texts embedded.
+/// What [`embed_file`] embedded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Embedded {
+    /// How many inputs.
+    pub count: usize,
+    /// `"texts"` or `"images"`.
+    pub what: &'static str,
+}
+
+/// A progress bar over `n` inputs, called `what`.
+fn progress(n: usize, what: &str) -> ProgressBar {
+    ProgressBar::new(n as u64).with_style(
+        ProgressStyle::with_template(&format!(
+            "{{bar:30}} {{pos}}/{{len}} {what}  {{per_sec}}  eta {{eta}}"
+        ))
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    )
+}
+
+/// The model's vectors of a batch on the CPU, L2-normalised when asked.
+fn rows(pooled: Tensor, normalize: bool) -> anyhow::Result<Vec<Vec<f32>>> {
+    let pooled = if normalize {
+        l2_normalize(&pooled)
+    } else {
+        pooled
+    };
+    let pooled = pooled.to_kind(Kind::Float).to_device(Device::Cpu);
+    Vec::<Vec<f32>>::try_from(&pooled).context("reading embeddings back")
+}
+
+/// Embeds every text or image of `input` with the encoder in `model_dir` (rules in the module
+/// docs) and writes one JSON object per input to `output`, through a temporary file and a
+/// rename: `line`, `text`, `embedding` for texts; `file`, `embedding` for images.
 pub fn embed_file(
     model_dir: &Path,
     input: &Path,
     output: &Path,
     opts: &EmbedOptions,
-) -> anyhow::Result<usize> {
+) -> anyhow::Result<Embedded> {
     if opts.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
+    let arch = Architecture::of_folder(model_dir)?;
+    if arch.is_decoder() {
+        bail!(
+            "{}: model_type \"{}\" is a decoder; `embed` takes encoders: BERT or DeBERTa-v2/v3 \
+             (texts), ViT or DINOv2 (images)",
+            model_dir.join("config.json").display(),
+            arch.model_type()
+        );
+    }
+    let (encoder, weights) = Encoder::from_folder(model_dir, opts.device)?;
+    let count = if arch.is_vision() {
+        vision::embed_images(model_dir, arch, &encoder, &weights, input, output, opts)?
+    } else {
+        embed_texts(model_dir, &encoder, input, output, opts)?
+    };
+    let what = if arch.is_vision() { "images" } else { "texts" };
+    Ok(Embedded { count, what })
+}
+
+/// The text path of [`embed_file`]; returns the number of texts.
+fn embed_texts(
+    model_dir: &Path,
+    encoder: &Encoder,
+    input: &Path,
+    output: &Path,
+    opts: &EmbedOptions,
+) -> anyhow::Result<usize> {
     let texts = read_texts(input, &opts.field)?;
-    let (bert, _) = BertModel::from_folder(model_dir, opts.device)?;
+    let limit = encoder.max_positions().unwrap_or(512);
     let max_length = opts
         .max_length
-        .unwrap_or_else(|| default_max_length(model_dir, bert.config.max_position_embeddings));
+        .unwrap_or_else(|| default_max_length(model_dir, limit));
     let tokenizer = TextTokenizer::from_folder(model_dir, max_length)?;
     // Longest texts first, so each batch pads little (as sentence-transformers does).
     let mut order: Vec<usize> = (0..texts.len()).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(texts[i].text.len()));
     let mut vectors: Vec<Vec<f32>> = vec![Vec::new(); texts.len()];
-    let bar = ProgressBar::new(texts.len() as u64).with_style(
-        ProgressStyle::with_template("{bar:30} {pos}/{len} texts  {per_sec}  eta {eta}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
+    let bar = progress(texts.len(), "texts");
     for chunk in order.chunks(opts.batch_size) {
         let batch: Vec<&str> = chunk.iter().map(|&i| texts[i].text.as_str()).collect();
-        let encoded = tokenizer.encode(&batch, None, opts.device)?;
+        let encoded = ModelInput::Text(tokenizer.encode(&batch, None, opts.device)?);
         let pooled = tch::no_grad(|| {
-            let hidden = bert.forward(&encoded, false);
-            let e = mean_pool(&hidden, &encoded.attention_mask);
-            if opts.normalize { l2_normalize(&e) } else { e }
+            let hidden = encoder.forward(&encoded, false);
+            mean_pool(&hidden, &encoded.text().attention_mask)
         });
-        let pooled = pooled.to_kind(Kind::Float).to_device(Device::Cpu);
-        let rows = Vec::<Vec<f32>>::try_from(&pooled).context("reading embeddings back")?;
-        for (&i, row) in chunk.iter().zip(rows) {
+        for (&i, row) in chunk.iter().zip(rows(pooled, opts.normalize)?) {
             vectors[i] = row;
         }
         bar.inc(chunk.len() as u64);

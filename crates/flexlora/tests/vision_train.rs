@@ -11,38 +11,8 @@ use flexlora::config::TaskKind;
 use flexlora::data::load_splits;
 use flexlora::models::{ModelInput, Preprocessor};
 use flexlora::train::model::TaskModel;
-use std::path::{Path, PathBuf};
-use tch::{Device, Kind, Tensor};
-
-/// A bare `Dinov2Model` folder: hidden 32, 2 layers, 2 heads, patch 4 on a 16x16 grid of
-/// position embeddings, layer scale; no preprocessor config (ImageNet's mean/std apply).
-fn tiny_dinov2(dir: &Path) -> PathBuf {
-    let folder = dir.join("dinov2");
-    let spec = dir.join("spec.json");
-    std::fs::write(
-        &spec,
-        serde_json::json!({
-            "model_type": "dinov2",
-            "config": {
-                "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
-                "mlp_ratio": 2, "patch_size": 4, "image_size": 16, "layerscale_value": 1.0,
-                "layer_norm_eps": 1e-6
-            },
-            "seed": 0, "num_labels": 10, "std": 0.05, "bare": true
-        })
-        .to_string(),
-    )
-    .unwrap();
-    let px = Tensor::zeros([1, 3, 16, 16], (Kind::Float, Device::Cpu));
-    let spec_arg = spec.display().to_string();
-    let folder_arg = folder.display().to_string();
-    common::golden_with_args(
-        "vit.py",
-        &[&spec_arg, &folder_arg],
-        &[("pixel_values.0", &px)],
-    );
-    folder
-}
+use std::path::Path;
+use tch::{Device, Tensor};
 
 fn train_args(model: &Path, out: &Path, method: &str, extra: &[&str]) -> Vec<String> {
     let mut sets = vec![
@@ -69,7 +39,7 @@ fn summary(run: &Path) -> serde_json::Value {
 #[test]
 fn flexlora_adapts_a_dinov2_to_fashion_mnist_and_exports_peft() {
     let dir = tempfile::tempdir().unwrap();
-    let model = tiny_dinov2(dir.path());
+    let model = common::tiny_dinov2(dir.path());
     let out = dir.path().join("run");
     let o = common::run_flexlora(&train_args(&model, &out, "flexlora", &[]));
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -152,24 +122,12 @@ fn flexlora_adapts_a_dinov2_to_fashion_mnist_and_exports_peft() {
     assert!(e.status.success(), "{}", String::from_utf8_lossy(&e.stderr));
     let printed: serde_json::Value = serde_json::from_slice(&e.stdout).unwrap();
     assert_eq!(printed["result"]["value"], s["test_metric"]);
-    // predict reads texts: a clear refusal for an image model.
-    let p = common::run_flexlora(&[
-        "predict".into(),
-        "--run".into(),
-        out.display().to_string(),
-        "--input".into(),
-        "x.csv".into(),
-        "--output".into(),
-        dir.path().join("p.jsonl").display().to_string(),
-    ]);
-    assert!(!p.status.success());
-    assert!(String::from_utf8_lossy(&p.stderr).contains("`predict` reads texts"));
 }
 
 #[test]
 fn linear_probe_trains_the_head_only_and_full_trains_everything() {
     let dir = tempfile::tempdir().unwrap();
-    let model = tiny_dinov2(dir.path());
+    let model = common::tiny_dinov2(dir.path());
     let probe = dir.path().join("probe");
     let o = common::run_flexlora(&train_args(&model, &probe, "linear_probe", &[]));
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -202,7 +160,7 @@ fn linear_probe_trains_the_head_only_and_full_trains_everything() {
 #[test]
 fn bad_image_settings_are_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
-    let model = tiny_dinov2(dir.path());
+    let model = common::tiny_dinov2(dir.path());
     let run_on = |model: &Path, name: &str, extra: &[&str]| {
         let o = common::run_flexlora(&train_args(model, &dir.path().join(name), "lora", extra));
         assert!(!o.status.success());

@@ -93,6 +93,9 @@
 //!   order. With a validation file, `data.validation_examples` caps it the same way (stream
 //!   `0x7a11` instead of `0x7e57`).
 //!
+//! Image files given to `predict` and `embed` (not data sets) are read by [`image_files`] and
+//! [`read_grey_image`].
+//!
 //! An empty training or test set is an error; an empty validation set is allowed
 //! (`validation_fraction = 0`).
 //!
@@ -106,6 +109,7 @@ mod error;
 mod example;
 mod file;
 mod glue;
+mod image_files;
 mod images;
 mod labels;
 mod order;
@@ -117,6 +121,7 @@ mod split;
 pub use error::DataError;
 pub use example::{Example, GreyImage};
 pub use glue::GlueSpec;
+pub use image_files::{ImageFiles, image_extensions, image_files, read_grey_image};
 pub use order::{BUCKET_CHUNK_BATCHES, SplitMix64, derive_seed, epoch_order, shuffled_indices};
 pub use split::SplitSizes;
 

@@ -79,15 +79,33 @@ const LLAMA_NAMES: HfNames = HfNames {
 };
 
 impl HfNames {
+    /// The names of `architecture`'s classifiers; none for a decoder (whose names
+    /// [`HfNames::of_folder`] gives).
+    pub fn of(architecture: Architecture) -> Option<Self> {
+        match architecture {
+            Architecture::Bert => Some(BERT_NAMES),
+            Architecture::DebertaV2 => Some(DEBERTA_NAMES),
+            Architecture::Vit => Some(VIT_NAMES),
+            Architecture::Dinov2 => Some(DINOV2_NAMES),
+            Architecture::Llama => None,
+        }
+    }
+
     /// The names for the checkpoint folder `folder` (by its `model_type`).
     pub fn of_folder(folder: &Path) -> Result<Self, CheckpointError> {
-        Ok(match Architecture::of_folder(folder)? {
-            Architecture::DebertaV2 => DEBERTA_NAMES,
-            Architecture::Vit => VIT_NAMES,
-            Architecture::Dinov2 => DINOV2_NAMES,
-            Architecture::Llama => LLAMA_NAMES,
-            Architecture::Bert => BERT_NAMES,
-        })
+        let arch = Architecture::of_folder(folder)?;
+        // A decoder's names are those of its `LlamaForCausalLM` (PEFT export and merge).
+        Ok(Self::of(arch).unwrap_or(LLAMA_NAMES))
+    }
+
+    /// The encoder prefixes of every architecture's classifiers (`bert`, `deberta`, `vit`,
+    /// `dinov2`).
+    pub fn all_prefixes() -> Vec<&'static str> {
+        Architecture::ALL
+            .into_iter()
+            .filter_map(Self::of)
+            .map(|n| n.prefix)
+            .collect()
     }
 }
 
@@ -116,6 +134,30 @@ impl Encoder {
                           data.format = \"commonsense\""
                     .into(),
             }),
+        }
+    }
+
+    /// The last hidden states `[batch, tokens, hidden]` (text encoders: zeros, or unused
+    /// values, at padding; vision encoders: the class token first, after the final layer
+    /// norm). `train` switches dropout on.
+    ///
+    /// # Panics
+    /// When a text encoder is given pixels or a vision encoder tokens (see [`ModelInput::text`]).
+    pub fn forward(&self, input: &ModelInput, train: bool) -> Tensor {
+        match self {
+            Encoder::Bert(m) => m.forward(input.text(), train),
+            Encoder::DebertaV2(m) => m.forward(input.text(), train),
+            Encoder::Vit(m) => m.forward(input.pixels(), train),
+        }
+    }
+
+    /// The longest token sequence a text encoder was trained for (`max_position_embeddings`);
+    /// none for vision encoders.
+    pub fn max_positions(&self) -> Option<i64> {
+        match self {
+            Encoder::Bert(m) => Some(m.config.max_position_embeddings),
+            Encoder::DebertaV2(m) => Some(m.config.max_position_embeddings),
+            Encoder::Vit(_) => None,
         }
     }
 

@@ -127,6 +127,40 @@ impl ImageProcessor {
         Ok(Self { size, mean, std })
     }
 
+    /// [`ImageProcessor::from_folder`] for the ViT or DINOv2 encoder in `folder`, checked
+    /// against it: the size must hold at least one patch (errors name it as `setting`, where
+    /// `image_size` comes from: `data.image_size`, `--image-size`), and the encoder must read
+    /// RGB (grey images are repeated to three channels).
+    pub fn for_vision_model(
+        folder: &Path,
+        architecture: Architecture,
+        image_size: Option<u32>,
+        setting: &str,
+    ) -> anyhow::Result<Self> {
+        let processor = Self::from_folder(folder, architecture, image_size)?;
+        let c = super::vit::VitConfig::from_folder(folder)?;
+        let patch = c.patch_size[0].max(c.patch_size[1]);
+        if i64::from(processor.size) < patch {
+            anyhow::bail!(
+                "{setting} = {}: smaller than one {}x{} patch of {}; use a multiple of {patch} \
+                 (e.g. {})",
+                processor.size,
+                c.patch_size[0],
+                c.patch_size[1],
+                folder.display(),
+                patch * 8
+            );
+        }
+        if c.num_channels != 3 {
+            anyhow::bail!(
+                "{}: num_channels = {}; images are given to the model as RGB (3 channels)",
+                folder.join("config.json").display(),
+                c.num_channels
+            );
+        }
+        Ok(processor)
+    }
+
     /// `pixel_values` `[batch, 3, size, size]` of `images` on `device`.
     pub fn pixel_values(&self, images: &[&GreyImage], device: Device) -> Tensor {
         let s = self.size as i64;

@@ -80,29 +80,8 @@ impl Preprocessor {
             );
         }
         Ok(if vision {
-            let processor = ImageProcessor::from_folder(folder, arch, data.image_size)?;
-            // The encoder's patch embedding needs at least one patch and RGB input (grey
-            // images are repeated to three channels).
-            let c = super::vit::VitConfig::from_folder(folder)?;
-            let patch = c.patch_size[0].max(c.patch_size[1]);
-            if i64::from(processor.size) < patch {
-                bail!(
-                    "data.image_size = {}: smaller than one {}x{} patch of {}; use a multiple of {patch} \
-                     (e.g. {})",
-                    processor.size,
-                    c.patch_size[0],
-                    c.patch_size[1],
-                    folder.display(),
-                    patch * 8
-                );
-            }
-            if c.num_channels != 3 {
-                bail!(
-                    "{}: num_channels = {}; images are given to the model as RGB (3 channels)",
-                    folder.join("config.json").display(),
-                    c.num_channels
-                );
-            }
+            let processor =
+                ImageProcessor::for_vision_model(folder, arch, data.image_size, "data.image_size")?;
             Preprocessor::Image(processor)
         } else {
             Preprocessor::Text(Box::new(TextTokenizer::from_folder(

@@ -3,7 +3,7 @@
 //! A PEFT adapter folder holds `adapter_config.json` and `adapter_model.safetensors`. This
 //! module writes and reads the two kinds that express our adapters, as PEFT 0.21.2 does:
 //!
-//! | PEFT | tensors (under `base_model.model.bert.<module path>`) | PEFT's update |
+//! | PEFT | tensors (under `base_model.model.<encoder>.<module path>`; `<encoder>` is `bert`, `deberta`, `vit` or `dinov2`) | PEFT's update |
 //! | --- | --- | --- |
 //! | `LORA` | `lora_A.weight` `[r, in]`, `lora_B.weight` `[out, r]` | `B A · α / r` (`α / √r` with `use_rslora`), `r` and `α` per module from `rank_pattern` / `alpha_pattern` |
 //! | `ADALORA` | `lora_A` `[r, in]`, `lora_E` `[r, 1]`, `lora_B` `[out, r]` | `B (A ⊙ E) · α / (ranknum + 1e-5)`, `ranknum = init_r` for every module |
@@ -20,7 +20,8 @@
 //! `base_model.model.bert.pooler.dense.*`.
 //!
 //! **Import** ([`import_peft`], [`import_to_run`]): a PEFT `LORA` or `ADALORA` folder onto a
-//! base model folder, checked against it (every module must exist with matching shapes), as a
+//! base model folder of any encoder architecture, checked against it (the modules must be under
+//! that architecture's encoder prefix and exist with matching shapes), as a
 //! [`TaskModel`](crate::train::model::TaskModel) and its run config. Every
 //! `adapter_config.json` field is either used, known not to affect the adapter's function, or
 //! rejected by name when it describes something not implemented (DoRA, bias training,

@@ -1,11 +1,11 @@
 //! `flexlora eval` and `flexlora predict` on a finished run.
 
 use super::model::TaskModel;
+use super::predictions::{Predictions, keys, label_text, write_predictions};
 use super::{eval, load_run_config, run};
 use crate::data::{self, Example};
 use crate::models::Preprocessor;
-use anyhow::{Context, bail};
-use std::io::Write;
+use anyhow::bail;
 use std::path::Path;
 
 /// Loads a finished run's config, data, best model and its preprocessing (tokenizer or image
@@ -36,8 +36,15 @@ fn load_run(
 }
 
 /// Evaluates the run's best checkpoint on `split` and prints every metric; `device` replaces
-/// the run's `training.device`.
-pub fn eval(run_dir: &Path, split: &str, device: Option<&str>) -> anyhow::Result<()> {
+/// the run's `training.device`. With `predictions`, also writes each example's prediction
+/// there (CSV or JSONL by its extension: `index` in the split, true `label`, `prediction`,
+/// class probabilities), as `predict` writes them.
+pub fn eval(
+    run_dir: &Path,
+    split: &str,
+    device: Option<&str>,
+    predictions: Option<&Path>,
+) -> anyhow::Result<()> {
     let (config, splits, model, preprocessor, device) = load_run(run_dir, device)?;
     let examples = match split {
         "train" => &splits.train,
@@ -53,6 +60,22 @@ pub fn eval(run_dir: &Path, split: &str, device: Option<&str>) -> anyhow::Result
         config.training.eval_batch_size as usize,
         device,
     )?;
+    if let Some(output) = predictions {
+        let keys: Vec<_> = examples
+            .iter()
+            .enumerate()
+            .map(|(i, x)| {
+                let label = label_text(&splits.label_names, x.label);
+                keys([("index", i.into()), ("label", label.into())])
+            })
+            .collect();
+        let p = Predictions {
+            label_names: &splits.label_names,
+            predictions: &e.predictions,
+            probabilities: &e.probabilities,
+        };
+        write_predictions(output, &keys, &["index", "label"], &p)?;
+    }
     println!(
         "{}",
         serde_json::json!({"split": split, "examples": examples.len(), "result": e.to_json(splits.metric)})
@@ -60,7 +83,12 @@ pub fn eval(run_dir: &Path, split: &str, device: Option<&str>) -> anyhow::Result
     Ok(())
 }
 
-/// Predicts the label of every text in `input` and writes CSV or JSONL to `output`.
+/// Predicts the label of every text (text runs) or image (image runs) in `input` and writes
+/// CSV or JSONL to `output` (by its extension).
+///
+/// Texts: one per line, or a `.jsonl` file's `text` (and `text_pair`) fields; rows are keyed
+/// by `line`. Images: an image file or a folder of them ([`data::image_files`]), decoded to
+/// 8-bit grey; rows are keyed by `file` (the file name).
 pub fn predict(
     run_dir: &Path,
     input: &Path,
@@ -68,13 +96,9 @@ pub fn predict(
     device: Option<&str>,
 ) -> anyhow::Result<()> {
     let (config, splits, model, preprocessor, device) = load_run(run_dir, device)?;
-    if config.data.format.is_image() {
-        bail!(
-            "{}: `predict` reads texts, and this run's model reads images; `flexlora eval {} \
-             --split test` evaluates it on its image data",
-            run_dir.display(),
-            run_dir.display()
-        );
+    let batch = (config.training.eval_batch_size as usize).max(1);
+    if let Preprocessor::Image(_) = preprocessor {
+        return predict_images(&model, &preprocessor, &splits, input, output, batch, device);
     }
     let texts = crate::embed::read_texts(input, "text")?;
     let pairs: Vec<Option<String>> = if input.extension().is_some_and(|e| e == "jsonl") {
@@ -101,38 +125,74 @@ pub fn predict(
             image: None,
         })
         .collect();
-    let e = eval::predict(
-        &model,
-        &preprocessor,
-        &examples,
-        config.training.eval_batch_size as usize,
-        device,
-    )?;
-    let csv = output.extension().is_some_and(|x| x == "csv");
-    crate::io::write_atomic(output, |w| {
-        if csv {
-            let mut header = vec!["line".to_string(), "prediction".to_string()];
-            header.extend(splits.label_names.iter().map(|l| format!("p_{l}")));
-            writeln!(w, "{}", header.join(","))?;
-        }
-        for (i, t) in texts.iter().enumerate() {
-            let label = match splits.label_names.get(e.predictions[i] as usize) {
-                Some(name) if !splits.label_names.is_empty() => name.clone(),
-                _ => e.predictions[i].to_string(),
-            };
-            if csv {
-                let probs: Vec<String> = e.probabilities[i].iter().map(|p| format!("{p:.6}")).collect();
-                let mut row = vec![t.line.to_string(), label];
-                row.extend(probs);
-                writeln!(w, "{}", row.join(","))?;
-            } else {
-                let v = serde_json::json!({"line": t.line, "text": t.text, "prediction": label, "probabilities": e.probabilities[i]});
-                writeln!(w, "{v}")?;
-            }
-        }
-        Ok(())
-    })
-    .with_context(|| format!("writing {}", output.display()))?;
+    let e = eval::predict(&model, &preprocessor, &examples, batch, device)?;
+    let keys: Vec<_> = texts
+        .iter()
+        .map(|t| keys([("line", t.line.into()), ("text", t.text.as_str().into())]))
+        .collect();
+    let p = Predictions {
+        label_names: &splits.label_names,
+        predictions: &e.predictions,
+        probabilities: &e.probabilities,
+    };
+    write_predictions(output, &keys, &["line"], &p)?;
     eprintln!("predicted {} texts -> {}", texts.len(), output.display());
+    Ok(())
+}
+
+/// `predict` on an image run: every image of `input` (a file or a folder), decoded a batch at
+/// a time, written as rows keyed by `file`.
+fn predict_images(
+    model: &TaskModel,
+    preprocessor: &Preprocessor,
+    splits: &data::Splits,
+    input: &Path,
+    output: &Path,
+    batch: usize,
+    device: tch::Device,
+) -> anyhow::Result<()> {
+    let files = data::image_files(input)?;
+    let (mut predictions, mut probabilities) = (Vec::new(), Vec::new());
+    // Decoded a batch at a time, so a folder of large photos is never all in memory.
+    for chunk in files.files.chunks(batch) {
+        let examples = chunk
+            .iter()
+            .map(|(_, path)| {
+                Ok(Example {
+                    text: String::new(),
+                    text_pair: None,
+                    label: 0.0,
+                    image: Some(data::read_grey_image(path)?),
+                })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let e = eval::predict(model, preprocessor, &examples, batch, device)?;
+        predictions.extend(e.predictions);
+        probabilities.extend(e.probabilities);
+    }
+    let keys: Vec<_> = files
+        .files
+        .iter()
+        .map(|(name, _)| keys([("file", name.as_str().into())]))
+        .collect();
+    let p = Predictions {
+        label_names: &splits.label_names,
+        predictions: &predictions,
+        probabilities: &probabilities,
+    };
+    write_predictions(output, &keys, &["file"], &p)?;
+    if !files.skipped.is_empty() {
+        eprintln!(
+            "left out {} file(s) of {} that are not images by their extension: {}",
+            files.skipped.len(),
+            input.display(),
+            files.skipped.join(", ")
+        );
+    }
+    eprintln!(
+        "predicted {} images -> {}",
+        files.files.len(),
+        output.display()
+    );
     Ok(())
 }

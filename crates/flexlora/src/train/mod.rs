@@ -16,6 +16,7 @@ pub mod eval;
 pub mod guards;
 mod memory;
 pub mod model;
+pub mod predictions;
 pub mod run;
 pub mod step;
 

@@ -53,6 +53,36 @@ pub fn golden_with_args(
         .collect()
 }
 
+/// A bare `Dinov2Model` folder: hidden 32, 2 layers, 2 heads, patch 4 on a 16x16 grid of
+/// position embeddings, layer scale; no preprocessor config (ImageNet's mean/std apply).
+pub fn tiny_dinov2(dir: &Path) -> PathBuf {
+    let folder = dir.join("dinov2");
+    let spec = dir.join("spec.json");
+    std::fs::write(
+        &spec,
+        serde_json::json!({
+            "model_type": "dinov2",
+            "config": {
+                "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+                "mlp_ratio": 2, "patch_size": 4, "image_size": 16, "layerscale_value": 1.0,
+                "layer_norm_eps": 1e-6
+            },
+            "seed": 0, "num_labels": 10, "std": 0.05, "bare": true
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let px = Tensor::zeros([1, 3, 16, 16], (tch::Kind::Float, tch::Device::Cpu));
+    let spec_arg = spec.display().to_string();
+    let folder_arg = folder.display().to_string();
+    golden_with_args(
+        "vit.py",
+        &[&spec_arg, &folder_arg],
+        &[("pixel_values.0", &px)],
+    );
+    folder
+}
+
 /// The all-MiniLM-L6-v2 folder fetched by `scripts/fetch-assets`.
 pub fn minilm() -> PathBuf {
     let p = repo_root().join("assets/all-MiniLM-L6-v2");

@@ -1,19 +1,24 @@
 //! PEFT adapters onto a base model (`flexlora import`).
 
+use super::ADAPTER_CONFIG;
 use super::files::{write_dir_atomic, write_json};
-use super::{ADAPTER_CONFIG, PeftError};
-use crate::config::{Config, MethodName, ScalePolicy, TaskKind};
-use crate::models::BertModel;
+use crate::config::{Config, ScalePolicy, TaskKind};
+use crate::models::{Classifier, Encoder};
 use crate::train::model::TaskModel;
 use anyhow::Context;
 use serde_json::json;
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Tensor};
 
+mod base;
 mod read;
+mod state;
 pub use read::read_peft_adapter;
+
+use base::{fit_to_base, head};
+use state::adapter_state;
 
 /// The PEFT adapter types that import.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,10 +63,12 @@ pub enum PeftModuleWeights {
 /// One adapted module of a PEFT adapter.
 #[derive(Debug)]
 pub struct PeftModule {
-    /// The module path in [`BertModel`] terms (`encoder.layer.0.attention.self.query`).
+    /// The module path relative to the encoder (`encoder.layer.0.attention.self.query`);
+    /// after [`import_peft`] checks it against a base model, that encoder's own module path.
     pub path: String,
     /// The module's name in the PEFT-wrapped transformers model
-    /// (`bert.encoder.layer.0.attention.self.query` for a sequence classifier).
+    /// (`bert.encoder.layer.0.attention.self.query` for a BERT sequence classifier,
+    /// `dinov2.encoder.layer.0.attention.q_proj` for a DINOv2 image classifier).
     pub hf_name: String,
     /// Its weights.
     pub weights: PeftModuleWeights,
@@ -105,7 +112,8 @@ pub struct PeftAdapter {
     pub init_r: Option<usize>,
     /// `classifier.weight` and `.bias` from `modules_to_save`.
     pub classifier: Option<(Tensor, Tensor)>,
-    /// `bert.pooler.dense.weight` and `.bias` from `modules_to_save`.
+    /// The pooler's dense `weight` and `bias` from `modules_to_save` (`bert.pooler.dense`,
+    /// DeBERTa's `pooler.dense`).
     pub pooler: Option<(Tensor, Tensor)>,
     /// `lora_dropout` (used when training continues).
     pub dropout: f64,
@@ -145,17 +153,6 @@ fn resolve_base(adapter: &PeftAdapter, base: Option<&Path>) -> anyhow::Result<Pa
     }
 }
 
-/// The shape of a tensor in a safetensors file, if present.
-fn tensor_shape(file: &Path, name: &str) -> anyhow::Result<Option<Vec<i64>>> {
-    let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
-    let st = safetensors::SafeTensors::deserialize(&bytes)
-        .with_context(|| format!("{}: not a valid safetensors file", file.display()))?;
-    Ok(st
-        .tensor(name)
-        .ok()
-        .map(|v| v.shape().iter().map(|&d| d as i64).collect()))
-}
-
 /// What a [`TaskModel`] holding an imported adapter is built from.
 struct RunParts {
     config: Config,
@@ -164,213 +161,25 @@ struct RunParts {
 }
 
 /// The run config and the [`TaskModel::state`] tensors that hold `adapter` on the base model
-/// `base` (checked against it).
-fn run_state(adapter: &PeftAdapter, base: &Path, template: &Config) -> anyhow::Result<RunParts> {
-    let mismatch = |message: String| PeftError::BaseMismatch {
-        adapter: adapter.dir.clone(),
-        base: base.to_path_buf(),
-        message,
-    };
-    let (bert, weights) = BertModel::from_folder(base, Device::Cpu)?;
-    let paths = bert.linear_paths();
-    let features: HashMap<&str, (i64, i64)> = paths
-        .iter()
-        .map(String::as_str)
-        .zip(bert.linears().iter().map(|l| l.features()))
-        .collect();
-    for m in &adapter.modules {
-        let Some(&(in_f, out_f)) = features.get(m.path.as_str()) else {
-            let examples: Vec<&str> = paths.iter().take(6).map(String::as_str).collect();
-            return Err(mismatch(format!(
-                "module `{}` is not an adaptable linear layer of the base model ({} layers; its \
-                 modules look like {})",
-                m.hf_name,
-                bert.layers.len(),
-                examples.join(", ")
-            ))
-            .into());
-        };
-        let (a_in, b_out) = m.features();
-        if (a_in, b_out) != (in_f, out_f) {
-            return Err(mismatch(format!(
-                "module `{}`: lora_A {:?} and lora_B {:?} are for a {a_in} -> {b_out} layer, but \
-                 the base layer is {in_f} -> {out_f} (in -> out)",
-                m.hf_name,
-                [m.rank() as i64, a_in],
-                [b_out, m.rank() as i64],
-            ))
-            .into());
-        }
-    }
-    let h = bert.config.hidden_size;
-    let base_pooler = weights.contains("pooler.dense.weight");
-    let (cw, cb) = match &adapter.classifier {
-        Some((w, b)) => (w.shallow_clone(), b.shallow_clone()),
-        None if weights.contains("classifier.weight") => {
-            let shape = tensor_shape(weights.path(), "classifier.weight")?
-                .or(tensor_shape(weights.path(), "bert.classifier.weight")?)
-                .unwrap_or_default();
-            let n = shape.first().copied().unwrap_or(0);
-            (
-                weights.tensor("classifier.weight", &[n, h], Kind::Float, Device::Cpu)?,
-                weights.tensor("classifier.bias", &[n], Kind::Float, Device::Cpu)?,
-            )
-        }
-        None => {
-            return Err(mismatch(
-                "the adapter has no trained classifier (modules_to_save) and the base model has \
-                 none: there is no head to evaluate with"
-                    .into(),
-            )
-            .into());
-        }
-    };
-    let n = cw.size().first().copied().unwrap_or(0);
-    if cw.size() != [n, h] || cb.size() != [n] || n < 1 {
-        return Err(mismatch(format!(
-            "the classifier is {:?} with bias {:?}; the base model's hidden size is {h}",
-            cw.size(),
-            cb.size()
-        ))
-        .into());
-    }
-    match (&adapter.pooler, base_pooler) {
-        (Some(_), true) => {
-            return Err(mismatch(
-                "the adapter trained the pooler (modules_to_save), but the base model has its \
-                 own, which flexlora keeps frozen; a trained pooler over a pretrained one is not \
-                 supported"
-                    .into(),
-            )
-            .into());
-        }
-        (None, false) => {
-            return Err(mismatch(
-                "the base model has no pooler and the adapter does not carry one \
-                 (modules_to_save): the classifier's input would be random"
-                    .into(),
-            )
-            .into());
-        }
-        (Some((w, b)), false) if w.size() != [h, h] || b.size() != [h] => {
-            return Err(mismatch(format!(
-                "the pooler is {:?} with bias {:?}; the base model's hidden size is {h}",
-                w.size(),
-                b.size()
-            ))
-            .into());
-        }
-        _ => {}
-    }
-    drop(bert);
+/// `base` (checked against it, and its modules renamed and ordered as the encoder's).
+fn run_state(
+    adapter: &mut PeftAdapter,
+    base: &Path,
+    template: &Config,
+) -> anyhow::Result<RunParts> {
+    let (encoder, weights) = Encoder::from_folder(base, Device::Cpu)?;
+    fit_to_base(adapter, &encoder, base)?;
+    // A classifier on this base, for the shapes of its head (the new head's draws are unused).
+    let probe = Classifier::new(encoder, &weights, 1)?;
+    let (cw, cb, n) = head(adapter, &probe, &weights, base)?;
+    drop(probe);
 
     let mut config = template.clone();
     config.model.path = base.to_path_buf();
     config.model.target_modules = adapter.modules.iter().map(|m| m.path.clone()).collect();
     config.method.dropout = adapter.dropout;
     config.method.scale = ScalePolicy::InitRank;
-    let mut state: Vec<(String, Tensor)> = Vec::new();
-    let first_rank = adapter.modules.first().map(PeftModule::rank).unwrap_or(0);
-    // One rank and one scale over all LoRA modules: `(α, scaling)` of the first.
-    let uniform_lora = match adapter.modules.first().map(|m| &m.weights) {
-        Some(PeftModuleWeights::Lora { alpha, scaling, .. }) => {
-            let same = adapter.modules.iter().all(|m| {
-                m.rank() == first_rank
-                    && matches!(&m.weights, PeftModuleWeights::Lora { scaling: s, .. } if s == scaling)
-            });
-            same.then_some((*alpha, *scaling))
-        }
-        _ => None,
-    };
-    if let Some((alpha, scaling)) = uniform_lora {
-        // A `lora` run, A and B unchanged.
-        config.method.name = MethodName::Lora;
-        config.method.r_init = first_rank;
-        config.method.r_max = config.method.r_max.max(first_rank);
-        // α / r reproduces PEFT's scale exactly unless use_rslora (then α / √r).
-        config.method.alpha = if alpha / first_rank as f64 == scaling {
-            alpha
-        } else {
-            scaling * first_rank as f64
-        };
-        for m in &adapter.modules {
-            if let PeftModuleWeights::Lora { a, b, .. } = &m.weights {
-                state.push((format!("adapters.{}.lora_A", m.path), a.shallow_clone()));
-                state.push((format!("adapters.{}.lora_B", m.path), b.shallow_clone()));
-            }
-        }
-    } else {
-        // SVD form (method flexlora): P = lora_B, Q = lora_A in their slots, λ = lora_E
-        // (AdaLoRA) or PEFT's scale (LoRA, so every module keeps its own rank and scale).
-        let (slots_total, s) = match adapter.init_r {
-            Some(init_r) => {
-                let s0 = match &adapter.modules[0].weights {
-                    PeftModuleWeights::Adalora { scaling, .. } => *scaling,
-                    PeftModuleWeights::Lora { .. } => 1.0,
-                };
-                (init_r, s0)
-            }
-            None => {
-                let r_max = adapter
-                    .modules
-                    .iter()
-                    .map(PeftModule::rank)
-                    .max()
-                    .unwrap_or(1);
-                (r_max, 1.0)
-            }
-        };
-        let slots_total = slots_total.max(1);
-        config.method.name = MethodName::Flexlora;
-        config.method.r_init = slots_total;
-        config.method.r_max = slots_total;
-        config.method.alpha = s * slots_total as f64;
-        // The scale the model will use: α / r_init (one rounding away from `s`).
-        let s_model = config.method.alpha / slots_total as f64;
-        let opts = (Kind::Float, Device::Cpu);
-        for m in &adapter.modules {
-            let (in_f, out_f) = m.features();
-            let (a, b, lam, slots) = match &m.weights {
-                PeftModuleWeights::Lora { a, b, scaling, .. } => {
-                    let r = m.rank() as i64;
-                    let lam = Tensor::full([r], *scaling / s_model, opts);
-                    (a, b, lam, (0..m.rank()).collect::<Vec<_>>())
-                }
-                PeftModuleWeights::Adalora {
-                    a,
-                    e,
-                    b,
-                    slots,
-                    scaling,
-                } => {
-                    let ratio = *scaling / s;
-                    let lam = if ratio == 1.0 {
-                        e.shallow_clone()
-                    } else {
-                        (e.to_kind(Kind::Double) * ratio).to_kind(Kind::Float)
-                    };
-                    (a, b, lam, slots.clone())
-                }
-            };
-            let idx: Vec<i64> = slots.iter().map(|&i| i as i64).collect();
-            let idx = Tensor::from_slice(&idx);
-            let n = slots_total as i64;
-            let p = Tensor::zeros([out_f, n], opts).index_copy(1, &idx, b);
-            let q = Tensor::zeros([n, in_f], opts).index_copy(0, &idx, a);
-            let lambda = Tensor::zeros([n], opts).index_copy(0, &idx, &lam);
-            let mut active = vec![0f32; slots_total];
-            for &i in &slots {
-                active[i] = 1.0;
-            }
-            state.push((format!("adapters.{}.P", m.path), p));
-            state.push((format!("adapters.{}.lambda", m.path), lambda));
-            state.push((format!("adapters.{}.Q", m.path), q));
-            state.push((
-                format!("adapters.{}.active", m.path),
-                Tensor::from_slice(&active),
-            ));
-        }
-    }
+    let mut state = adapter_state(adapter, &mut config);
     state.push(("head.classifier.weight".into(), cw));
     state.push(("head.classifier.bias".into(), cb));
     if let Some((w, b)) = &adapter.pooler {
@@ -444,9 +253,9 @@ pub fn import_peft(
     template: &Config,
     device: Device,
 ) -> anyhow::Result<ImportedModel> {
-    let adapter = read_peft_adapter(peft_dir)?;
+    let mut adapter = read_peft_adapter(peft_dir)?;
     let base = resolve_base(&adapter, base)?;
-    let parts = run_state(&adapter, &base, template)?;
+    let parts = run_state(&mut adapter, &base, template)?;
     build_model(adapter, parts, device)
 }
 
@@ -462,9 +271,9 @@ pub fn import_to_run(
     output: &Path,
     overwrite: bool,
 ) -> anyhow::Result<ImportedModel> {
-    let adapter = read_peft_adapter(peft_dir)?;
+    let mut adapter = read_peft_adapter(peft_dir)?;
     let base = resolve_base(&adapter, base)?;
-    let parts = run_state(&adapter, &base, template)?;
+    let parts = run_state(&mut adapter, &base, template)?;
     let (config, n) = (&parts.config, parts.num_labels);
     let splits = crate::data::load_splits(&config.data)?;
     let task = if n == 1 {

@@ -122,6 +122,15 @@ pub(super) const UNSUPPORTED_FIELDS: &[(&str, &str)] = &[
     ),
 ];
 
+/// `name` without its leading encoder prefix (`bert.`, `deberta.`, `vit.`, `dinov2.`: what a
+/// classifier calls its encoder), when it has one.
+pub(super) fn strip_encoder_prefix(name: &str) -> &str {
+    crate::models::HfNames::all_prefixes()
+        .into_iter()
+        .find_map(|p| name.strip_prefix(p)?.strip_prefix('.'))
+        .unwrap_or(name)
+}
+
 pub(super) fn warn(path: &Path, message: &str) {
     eprintln!("warning: {}: {message}", path.display());
 }
@@ -162,8 +171,9 @@ pub(super) fn check_fields(
                 path,
                 "task_type",
                 format!(
-                    "= {v}: only sequence-classification adapters (\"SEQ_CLS\") on BERT encoders \
-                     import"
+                    "= {v}: only sequence-classification adapters (\"SEQ_CLS\", on BERT and \
+                     DeBERTa) and image-classification adapters (no task type, on ViT and \
+                     DINOv2) import"
                 ),
             ));
         }
@@ -224,8 +234,8 @@ pub(super) fn check_fields(
     if c.get("fan_in_fan_out") == Some(&Value::Bool(true)) {
         warn(
             path,
-            "fan_in_fan_out = true; BERT's layers are torch.nn.Linear, for which PEFT sets it to \
-             false when it loads the adapter, and so does this import",
+            "fan_in_fan_out = true; the encoders' layers are torch.nn.Linear, for which PEFT sets \
+             it to false when it loads the adapter, and so does this import",
         );
     }
     if ty == PeftType::Adalora {
@@ -639,7 +649,7 @@ pub fn read_peft_adapter(dir: &Path) -> anyhow::Result<PeftAdapter> {
             .into());
         };
         let t = float_tensor(&file, &name, t)?;
-        let short = key.strip_prefix("bert.").unwrap_or(key);
+        let short = strip_encoder_prefix(key);
         let head_role = match short {
             "classifier.weight" => Some("classifier.weight"),
             "classifier.bias" => Some("classifier.bias"),
@@ -667,7 +677,7 @@ pub fn read_peft_adapter(dir: &Path) -> anyhow::Result<PeftAdapter> {
             return Err(tensor_error(&file, &name, what).into());
         };
         let hf_name = &key[..key.len() - suffix.len()];
-        let path = hf_name.strip_prefix("bert.").unwrap_or(hf_name);
+        let path = strip_encoder_prefix(hf_name);
         let entry = modules
             .entry(model_order(path))
             .or_insert_with(|| ModuleTensors {
@@ -755,7 +765,7 @@ pub fn read_peft_adapter(dir: &Path) -> anyhow::Result<PeftAdapter> {
         }
     };
     let classifier = pair("classifier.weight", "classifier.bias", "classifier")?;
-    let pooler = pair("pooler.weight", "pooler.bias", "bert.pooler.dense")?;
+    let pooler = pair("pooler.weight", "pooler.bias", "pooler.dense")?;
     Ok(PeftAdapter {
         dir: dir.to_path_buf(),
         peft_type: ty,
