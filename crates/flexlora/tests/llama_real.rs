@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{golden_with_args, max_abs_diff, repo_root};
+use common::{golden_with_args, max_abs_diff, repo_root, smollm2};
 use flexlora::data::commonsense::{CommonsenseTask, split_suite};
 use flexlora::lm::score::pick;
 use flexlora::lm::{
@@ -12,18 +12,7 @@ use flexlora::lm::{
 };
 use flexlora::models::LlamaModel;
 use serde_json::json;
-use std::path::PathBuf;
 use tch::{Device, Tensor};
-
-fn smollm2() -> PathBuf {
-    let p = repo_root().join("assets/smollm2-135m-instruct");
-    assert!(
-        p.join("model.safetensors").exists(),
-        "{} is missing: run scripts/fetch-assets llama",
-        p.display()
-    );
-    p
-}
 
 /// Runs python/golden/llama.py on the real folder with `spec`.
 fn golden(

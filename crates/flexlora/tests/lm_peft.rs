@@ -4,25 +4,15 @@
 
 mod common;
 
-use common::{golden_with_args, max_abs_diff, repo_root, run_flexlora};
+use common::{golden_with_args, max_abs_diff, repo_root, run_flexlora, smollm2};
 use flexlora::adapter::Adapter;
 use flexlora::config::Config;
 use flexlora::lm::LmModel;
 use flexlora::train::model::TrainableModel;
 use serde_json::{Value, json};
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use tch::{Device, Kind, Tensor};
-
-fn smollm2() -> PathBuf {
-    let p = repo_root().join("assets/smollm2-135m-instruct");
-    assert!(
-        p.join("model.safetensors").exists(),
-        "{} is missing: run scripts/fetch-assets llama",
-        p.display()
-    );
-    p
-}
 
 /// The commonsense decoder config on the real SmolLM2 with `method`, rank 2 of 4 slots.
 fn config(method: &str) -> Config {

@@ -134,30 +134,15 @@ pub fn merge_run(run_dir: &Path, output: &Path) -> anyhow::Result<()> {
             TaskKind::Classification => "single_label_classification",
         }),
     );
-    let record = json!({
-        "run": std::fs::canonicalize(run_dir).unwrap_or_else(|_| run_dir.to_path_buf()).display().to_string(),
-        "checkpoint": run.checkpoint.display().to_string(),
-        "method": config.method.name,
-        "base_model": base.display().to_string(),
-        "merged_modules": model.adapted_paths,
-    });
-    write_dir_atomic(
-        output,
-        "a merged model (flexlora_merge.json)",
-        |d| d.join(MERGE_RECORD).exists(),
-        |tmp| {
-            Tensor::write_safetensors(&tensors, tmp.join("model.safetensors"))?;
-            write_json(&tmp.join("config.json"), &Value::Object(hf))?;
-            for f in TOKENIZER_FILES {
-                let src = base.join(f);
-                if src.exists() {
-                    std::fs::copy(&src, tmp.join(f))
-                        .with_context(|| format!("copying {}", src.display()))?;
-                }
-            }
-            write_json(&tmp.join(MERGE_RECORD), &record)
-        },
-    )
+    let merged = MergedFolder {
+        run_dir,
+        checkpoint: &run.checkpoint,
+        config,
+        merged_modules: &model.adapted_paths,
+        tensors: &tensors,
+        hf_config: Some(Value::Object(hf)),
+    };
+    merged.write(output)
 }
 
 /// The decoder form of [`merge_run`]: the base folder's `model.safetensors` with every adapted
@@ -200,29 +185,68 @@ fn merge_decoder_run(run_dir: &Path, run: &RunState, output: &Path) -> anyhow::R
             deltas.len()
         );
     }
-    let record = json!({
-        "run": std::fs::canonicalize(run_dir).unwrap_or_else(|_| run_dir.to_path_buf()).display().to_string(),
-        "checkpoint": run.checkpoint.display().to_string(),
-        "method": config.method.name,
-        "base_model": base.display().to_string(),
-        "merged_modules": model.adapted_paths,
-    });
-    write_dir_atomic(
-        output,
-        "a merged model (flexlora_merge.json)",
-        |d| d.join(MERGE_RECORD).exists(),
-        |tmp| {
-            Tensor::write_safetensors(&tensors, tmp.join("model.safetensors"))?;
-            for f in std::iter::once(&"config.json").chain(TOKENIZER_FILES) {
-                let src = base.join(f);
-                if src.exists() {
-                    std::fs::copy(&src, tmp.join(f))
-                        .with_context(|| format!("copying {}", src.display()))?;
+    let merged = MergedFolder {
+        run_dir,
+        checkpoint: &run.checkpoint,
+        config: &config,
+        merged_modules: &model.adapted_paths,
+        tensors: &tensors,
+        hf_config: None,
+    };
+    merged.write(output)
+}
+
+/// What a merged folder is written from.
+struct MergedFolder<'a> {
+    run_dir: &'a Path,
+    checkpoint: &'a Path,
+    config: &'a crate::config::Config,
+    merged_modules: &'a [String],
+    tensors: &'a [(String, Tensor)],
+    /// The folder's `config.json`; `None` copies the base model's.
+    hf_config: Option<Value>,
+}
+
+impl MergedFolder<'_> {
+    /// Writes `model.safetensors`, `config.json`, the base folder's tokenizer files and
+    /// `flexlora_merge.json` (what was merged) to `output`, whole: an existing `output` is
+    /// replaced only if it is empty or an earlier merge.
+    fn write(&self, output: &Path) -> anyhow::Result<()> {
+        let base = &self.config.model.path;
+        let run_dir = self.run_dir;
+        let record = json!({
+            "run": std::fs::canonicalize(run_dir).unwrap_or_else(|_| run_dir.to_path_buf()).display().to_string(),
+            "checkpoint": self.checkpoint.display().to_string(),
+            "method": self.config.method.name,
+            "base_model": base.display().to_string(),
+            "merged_modules": self.merged_modules,
+        });
+        let copied: Vec<&str> = match &self.hf_config {
+            Some(_) => TOKENIZER_FILES.to_vec(),
+            None => std::iter::once("config.json")
+                .chain(TOKENIZER_FILES.iter().copied())
+                .collect(),
+        };
+        write_dir_atomic(
+            output,
+            "a merged model (flexlora_merge.json)",
+            |d| d.join(MERGE_RECORD).exists(),
+            |tmp| {
+                Tensor::write_safetensors(self.tensors, tmp.join("model.safetensors"))?;
+                if let Some(hf) = &self.hf_config {
+                    write_json(&tmp.join("config.json"), hf)?;
                 }
-            }
-            write_json(&tmp.join(MERGE_RECORD), &record)
-        },
-    )
+                for f in &copied {
+                    let src = base.join(f);
+                    if src.exists() {
+                        std::fs::copy(&src, tmp.join(f))
+                            .with_context(|| format!("copying {}", src.display()))?;
+                    }
+                }
+                write_json(&tmp.join(MERGE_RECORD), &record)
+            },
+        )
+    }
 }
 
 /// Class names for `id2label`: the run's data labels when the data file reads and agrees with

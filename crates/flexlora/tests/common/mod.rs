@@ -94,6 +94,17 @@ pub fn minilm() -> PathBuf {
     p
 }
 
+/// The SmolLM2-135M-Instruct folder converted by `scripts/fetch-assets llama`.
+pub fn smollm2() -> PathBuf {
+    let p = repo_root().join("assets/smollm2-135m-instruct");
+    assert!(
+        p.join("model.safetensors").exists(),
+        "{} is missing: run scripts/fetch-assets llama",
+        p.display()
+    );
+    p
+}
+
 /// The first `n` positive and `n` negative sentences of the real Pang & Lee file (which is sorted
 /// by label), after skipping `skip` of each; texts trimmed.
 pub fn polarity_sentences(skip: usize, n: usize) -> (Vec<String>, Vec<String>) {
