@@ -80,46 +80,10 @@ fn golden_images(
     out.remove("embeddings").unwrap()
 }
 
-/// A bare `DebertaV2Model` with DeBERTa-v3's attention settings at toy width, its vocabulary
-/// the size of the real DeBERTa-v3 tokenizer's (copied in beside it).
-fn tiny_deberta_v3(dir: &Path) -> PathBuf {
-    let folder = dir.join("deberta");
-    let spec = dir.join("spec.json");
-    std::fs::write(
-        &spec,
-        serde_json::json!({
-            "config": {
-                "vocab_size": 128100, "hidden_size": 32, "num_hidden_layers": 2,
-                "num_attention_heads": 2, "intermediate_size": 64, "max_position_embeddings": 512,
-                "relative_attention": true, "position_buckets": 256, "max_relative_positions": -1,
-                "pos_att_type": ["p2c", "c2p"], "share_att_key": true,
-                "norm_rel_ebd": "layer_norm", "position_biased_input": false,
-                "type_vocab_size": 0, "pad_token_id": 0, "layer_norm_eps": 1e-7
-            },
-            "seed": 0, "num_labels": 2, "std": 0.2, "bare": true
-        })
-        .to_string(),
-    )
-    .unwrap();
-    let ids = Tensor::from_slice(&[1i64, 2023, 2003, 2]).view([1, 4]);
-    let mask = Tensor::ones([1, 4], (Kind::Int64, Device::Cpu));
-    golden_with_args(
-        "deberta.py",
-        &[&text(&spec), &text(&folder)],
-        &[("input_ids", &ids), ("attention_mask", &mask)],
-    );
-    let tokenizer = repo_root().join("assets/deberta-v3-tokenizer");
-    for entry in std::fs::read_dir(&tokenizer).expect("run scripts/fetch-assets") {
-        let entry = entry.unwrap();
-        std::fs::copy(entry.path(), folder.join(entry.file_name())).unwrap();
-    }
-    folder
-}
-
 #[test]
 fn deberta_embeddings_are_transformers_mean_pooled_hidden_states() {
     let dir = tempfile::tempdir().unwrap();
-    let folder = tiny_deberta_v3(dir.path());
+    let folder = common::tiny_deberta_v3(dir.path(), true);
     // Real sentences of different lengths (so batches pad), and an empty line that is skipped.
     let (pos, neg) = common::polarity_sentences(0, 3);
     let texts: Vec<String> = pos.into_iter().chain(neg).collect();

@@ -15,7 +15,7 @@ use flexlora::train::model::TaskModel;
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
 const TOL: f64 = 1e-4;
@@ -79,46 +79,10 @@ fn probabilities(path: &Path) -> Tensor {
     Tensor::stack(&rows, 0)
 }
 
-/// A `DebertaV2ForSequenceClassification` (2 labels, its pooler in the checkpoint) with
-/// DeBERTa-v3's attention settings at toy width, and the real DeBERTa-v3 tokenizer.
-fn tiny_deberta_classifier(dir: &Path) -> PathBuf {
-    let folder = dir.join("deberta");
-    let spec = dir.join("deberta-spec.json");
-    std::fs::write(
-        &spec,
-        json!({
-            "config": {
-                "vocab_size": 128100, "hidden_size": 32, "num_hidden_layers": 2,
-                "num_attention_heads": 2, "intermediate_size": 64, "max_position_embeddings": 512,
-                "relative_attention": true, "position_buckets": 256, "max_relative_positions": -1,
-                "pos_att_type": ["p2c", "c2p"], "share_att_key": true,
-                "norm_rel_ebd": "layer_norm", "position_biased_input": false,
-                "type_vocab_size": 0, "pad_token_id": 0, "layer_norm_eps": 1e-7
-            },
-            "seed": 3, "num_labels": 2, "std": 0.2, "bare": false
-        })
-        .to_string(),
-    )
-    .unwrap();
-    let ids = Tensor::from_slice(&[1i64, 2023, 2003, 2]).view([1, 4]);
-    let mask = Tensor::ones([1, 4], (Kind::Int64, Device::Cpu));
-    golden_with_args(
-        "deberta.py",
-        &[&text(&spec), &text(&folder)],
-        &[("input_ids", &ids), ("attention_mask", &mask)],
-    );
-    let tokenizer = repo_root().join("assets/deberta-v3-tokenizer");
-    for entry in std::fs::read_dir(&tokenizer).expect("run scripts/fetch-assets") {
-        let entry = entry.unwrap();
-        std::fs::copy(entry.path(), folder.join(entry.file_name())).unwrap();
-    }
-    folder
-}
-
 #[test]
 fn peft_lora_on_a_deberta_classifier_imports_with_peft_logits() {
     let dir = tempfile::tempdir().unwrap();
-    let base = tiny_deberta_classifier(dir.path());
+    let base = common::tiny_deberta_v3(dir.path(), false);
     let (pos, neg) = common::polarity_sentences(50, 3);
     let texts: Vec<String> = pos.into_iter().chain(neg).collect();
     let adapter = dir.path().join("adapter");
@@ -352,7 +316,7 @@ fn peft_lora_on_a_dinov2_classifier_imports_with_peft_logits() {
     );
 
     // A DINOv2 adapter is not for a ViT or a DeBERTa: a clear error.
-    let deberta = tiny_deberta_classifier(dir.path());
+    let deberta = common::tiny_deberta_v3(dir.path(), false);
     let o = run(&[
         "import",
         "--peft",

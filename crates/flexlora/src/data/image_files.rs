@@ -30,6 +30,20 @@ pub struct ImageFiles {
     pub skipped: Vec<String>,
 }
 
+impl ImageFiles {
+    /// Tells the user on stderr which files of the folder `input` were left out, if any.
+    pub fn report_skipped(&self, input: &Path) {
+        if !self.skipped.is_empty() {
+            eprintln!(
+                "left out {} file(s) of {} that are not images by their extension: {}",
+                self.skipped.len(),
+                input.display(),
+                self.skipped.join(", ")
+            );
+        }
+    }
+}
+
 /// The formats decoded, in the order messages list them.
 const FORMATS: [ImageFormat; 7] = [
     ImageFormat::Png,

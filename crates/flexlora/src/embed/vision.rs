@@ -126,13 +126,6 @@ pub(super) fn embed_images(
         Ok(())
     })
     .with_context(|| format!("writing {}", output.display()))?;
-    if !files.skipped.is_empty() {
-        eprintln!(
-            "left out {} file(s) of {} that are not images by their extension: {}",
-            files.skipped.len(),
-            input.display(),
-            files.skipped.join(", ")
-        );
-    }
+    files.report_skipped(input);
     Ok(files.files.len())
 }

@@ -181,14 +181,7 @@ fn predict_images(
         probabilities: &probabilities,
     };
     write_predictions(output, &keys, &["file"], &p)?;
-    if !files.skipped.is_empty() {
-        eprintln!(
-            "left out {} file(s) of {} that are not images by their extension: {}",
-            files.skipped.len(),
-            input.display(),
-            files.skipped.join(", ")
-        );
-    }
+    files.report_skipped(input);
     eprintln!(
         "predicted {} images -> {}",
         files.files.len(),

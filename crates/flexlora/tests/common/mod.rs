@@ -105,6 +105,40 @@ pub fn smollm2() -> PathBuf {
     p
 }
 
+/// A DeBERTa-v2 folder with DeBERTa-v3's attention settings at toy width (random weights saved
+/// by transformers through python/golden/deberta.py) and the real DeBERTa-v3 tokenizer copied in
+/// beside it: a bare `DebertaV2Model` when `bare`, else a `DebertaV2ForSequenceClassification`
+/// with 2 labels and its pooler in the checkpoint.
+pub fn tiny_deberta_v3(dir: &Path, bare: bool) -> PathBuf {
+    let folder = dir.join("deberta");
+    let spec = dir.join("deberta-spec.json");
+    let config = serde_json::json!({
+        "config": {
+            "vocab_size": 128100, "hidden_size": 32, "num_hidden_layers": 2,
+            "num_attention_heads": 2, "intermediate_size": 64, "max_position_embeddings": 512,
+            "relative_attention": true, "position_buckets": 256, "max_relative_positions": -1,
+            "pos_att_type": ["p2c", "c2p"], "share_att_key": true,
+            "norm_rel_ebd": "layer_norm", "position_biased_input": false,
+            "type_vocab_size": 0, "pad_token_id": 0, "layer_norm_eps": 1e-7
+        },
+        "seed": if bare { 0 } else { 3 }, "num_labels": 2, "std": 0.2, "bare": bare
+    });
+    std::fs::write(&spec, config.to_string()).unwrap();
+    let ids = Tensor::from_slice(&[1i64, 2023, 2003, 2]).view([1, 4]);
+    let mask = Tensor::ones([1, 4], (tch::Kind::Int64, tch::Device::Cpu));
+    golden_with_args(
+        "deberta.py",
+        &[spec.to_str().unwrap(), folder.to_str().unwrap()],
+        &[("input_ids", &ids), ("attention_mask", &mask)],
+    );
+    let tokenizer = repo_root().join("assets/deberta-v3-tokenizer");
+    for entry in std::fs::read_dir(&tokenizer).expect("run scripts/fetch-assets") {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), folder.join(entry.file_name())).unwrap();
+    }
+    folder
+}
+
 /// The first `n` positive and `n` negative sentences of the real Pang & Lee file (which is sorted
 /// by label), after skipping `skip` of each; texts trimmed.
 pub fn polarity_sentences(skip: usize, n: usize) -> (Vec<String>, Vec<String>) {
