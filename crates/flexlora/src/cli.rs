@@ -3,6 +3,11 @@
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
+/// The run config commands read when none is given: the main job (a text classifier).
+pub const DEFAULT_CONFIG: &str = "configs/default.toml";
+/// The decoder config commands read when none is given and the model is a decoder.
+pub const DEFAULT_DECODER_CONFIG: &str = "configs/commonsense/smollm2-flexlora.toml";
+
 /// Entropy-guided flexible low-rank adaptation of pretrained transformers.
 #[derive(Debug, Parser)]
 #[command(name = "flexlora", version, about)]
@@ -19,7 +24,7 @@ pub enum Command {
     /// freeze, for the run a config describes.
     Schedule {
         /// The run config (TOML).
-        #[arg(long, default_value = "configs/default.toml")]
+        #[arg(long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
         /// Override a config value, e.g. --set schedule.t_init=30 (repeatable).
         #[arg(long = "set", value_name = "KEY=VALUE")]
@@ -38,7 +43,7 @@ pub enum Command {
         /// The run config (TOML).
         #[arg(
             long,
-            default_value = "configs/default.toml",
+            default_value = DEFAULT_CONFIG,
             conflicts_with = "show_defaults"
         )]
         config: PathBuf,
@@ -110,7 +115,7 @@ pub enum Command {
     /// adapters with --run.
     LmEval {
         /// A decoder config (data.format = "commonsense"); ignored with --run.
-        #[arg(long, default_value = "configs/commonsense/smollm2-flexlora.toml")]
+        #[arg(long, default_value = DEFAULT_DECODER_CONFIG)]
         config: PathBuf,
         /// Override a config value (repeatable), e.g. --set data.eval_per_task=50.
         #[arg(long = "set", value_name = "KEY=VALUE")]
@@ -218,7 +223,8 @@ pub enum Command {
         output: Option<PathBuf>,
     },
     /// Load a Hugging Face PEFT LoRA or AdaLoRA adapter onto its base model and write a run
-    /// directory that `flexlora eval` and `flexlora predict` accept.
+    /// directory: for a classifier one that `eval` and `predict` accept, for a decoder one that
+    /// `lm-eval --run` and `generate --adapter` accept.
     Import {
         /// The PEFT adapter folder (adapter_config.json, adapter_model.safetensors).
         #[arg(long)]
@@ -230,9 +236,10 @@ pub enum Command {
         #[arg(long)]
         output: PathBuf,
         /// The run config giving the data (and settings for further training); its `[method]`
-        /// and model.target_modules are replaced by the adapter's.
-        #[arg(long, default_value = "configs/default.toml")]
-        config: PathBuf,
+        /// and model.target_modules are replaced by the adapter's [default: configs/default.toml,
+        /// or configs/commonsense/smollm2-flexlora.toml when the base model is a decoder].
+        #[arg(long)]
+        config: Option<PathBuf>,
         /// Override a config value, e.g. --set data.path="my.csv" (repeatable).
         #[arg(long = "set", value_name = "KEY=VALUE")]
         overrides: Vec<String>,
@@ -255,7 +262,7 @@ pub enum Command {
     /// ablation.png.
     Ablate {
         /// The base run config (TOML).
-        #[arg(long, default_value = "configs/default.toml")]
+        #[arg(long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
         /// Comma-separated methods: flexlora, adalora, lora, full, linear_probe, nuclear, frobenius,
         /// sensitivity, exact_spectrum, prune_only, expand_only, small_init, orthogonal_init,
@@ -295,7 +302,7 @@ pub enum Command {
     /// GEMM efficiency, inference, and the whole main job (time and peak memory).
     Bench {
         /// The main job's config.
-        #[arg(long, default_value = "configs/default.toml")]
+        #[arg(long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
         /// Override a config value on both sides, e.g. --set method.r_init=4 (repeatable).
         #[arg(long = "set", value_name = "KEY=VALUE")]
@@ -494,7 +501,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                         (Some(dir), _) => Some(dir.join("config.toml")),
                         (None, Some(file)) => Some(file),
                         (None, None) if model_given => None,
-                        (None, None) => Some(PathBuf::from("configs/default.toml")),
+                        (None, None) => Some(PathBuf::from(DEFAULT_CONFIG)),
                     };
                     let cfg = match base {
                         Some(file) => crate::config::Config::load(&file, &overrides)?.config,
@@ -625,6 +632,17 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             overrides,
             overwrite,
         } => {
+            let config = match config {
+                Some(file) => file,
+                None => {
+                    let base = crate::peft::import_base(&peft, model.as_deref())?;
+                    if crate::models::Architecture::of_folder(&base)?.is_decoder() {
+                        PathBuf::from(DEFAULT_DECODER_CONFIG)
+                    } else {
+                        PathBuf::from(DEFAULT_CONFIG)
+                    }
+                }
+            };
             let template = crate::config::Config::load(&config, &overrides)?.config;
             let imported =
                 crate::peft::import_to_run(&peft, model.as_deref(), &template, &output, overwrite)?;

@@ -28,9 +28,20 @@ impl LmModel {
     /// Loads `config.model.path` and injects the method's adapters into the projections
     /// `model.target_modules` selects. Draws from LibTorch's global generator: seed it first.
     pub fn build(config: &Config, device: Device) -> anyhow::Result<Self> {
+        Self::check_method(config.method.name)?;
+        let model = LlamaModel::from_folder(&config.model.path, device)?;
+        Self::with_adapters(config, model, device)
+    }
+
+    /// Injects the method's adapters into `model`, the decoder loaded from
+    /// `config.model.path` (see [`LmModel::build`]).
+    pub fn with_adapters(
+        config: &Config,
+        mut model: LlamaModel,
+        device: Device,
+    ) -> anyhow::Result<Self> {
         let method = config.method.name;
         Self::check_method(method)?;
-        let mut model = LlamaModel::from_folder(&config.model.path, device)?;
         let paths = model.linear_paths();
         let adapted_paths = inject_method_adapters(config, model.linears_mut(), &paths, device)?;
         Ok(Self {

@@ -3,7 +3,7 @@
 //! A PEFT adapter folder holds `adapter_config.json` and `adapter_model.safetensors`. This
 //! module writes and reads the two kinds that express our adapters, as PEFT 0.21.2 does:
 //!
-//! | PEFT | tensors (under `base_model.model.<encoder>.<module path>`; `<encoder>` is `bert`, `deberta`, `vit` or `dinov2`) | PEFT's update |
+//! | PEFT | tensors (under `base_model.model.<prefix>.<module path>`; `<prefix>` is `bert`, `deberta`, `vit` or `dinov2` for classifiers, `model` for decoders) | PEFT's update |
 //! | --- | --- | --- |
 //! | `LORA` | `lora_A.weight` `[r, in]`, `lora_B.weight` `[out, r]` | `B A · α / r` (`α / √r` with `use_rslora`), `r` and `α` per module from `rank_pattern` / `alpha_pattern` |
 //! | `ADALORA` | `lora_A` `[r, in]`, `lora_E` `[r, 1]`, `lora_B` `[out, r]` | `B (A ⊙ E) · α / (ranknum + 1e-5)`, `ranknum = init_r` for every module |
@@ -19,16 +19,19 @@
 //! newly trained pooler) go in `modules_to_save`, saved as `base_model.model.classifier.*` and
 //! `base_model.model.bert.pooler.dense.*`.
 //!
-//! **Import** ([`import_peft`], [`import_to_run`]): a PEFT `LORA` or `ADALORA` folder onto a
-//! base model folder of any encoder architecture, checked against it (the modules must be under
-//! that architecture's encoder prefix and exist with matching shapes), as a
-//! [`TaskModel`](crate::train::model::TaskModel) and its run config. Every
+//! **Import** ([`import_peft`], [`import_peft_decoder`], [`import_to_run`]): a PEFT `LORA` or
+//! `ADALORA` folder onto a base model folder of any architecture, checked against it (the
+//! modules must be under that architecture's prefix and exist with matching shapes; the
+//! `task_type` must fit: `CAUSAL_LM` on decoders only), as a
+//! [`TaskModel`](crate::train::model::TaskModel) or an [`LmModel`](crate::lm::LmModel) and its
+//! run config. Every
 //! `adapter_config.json` field is either used, known not to affect the adapter's function, or
 //! rejected by name when it describes something not implemented (DoRA, bias training,
 //! initialisations that rewrite the base weights, ...).
 //!
 //! **Merge** ([`merge_run`]): folds the adapter into the base weights and writes a complete
-//! `BertForSequenceClassification` folder that transformers loads without PEFT.
+//! model folder (`BertForSequenceClassification`, ..., `LlamaForCausalLM`) that transformers
+//! loads without PEFT.
 
 mod export;
 mod files;
@@ -37,8 +40,8 @@ mod merge;
 
 pub use export::{PeftFormat, export_run, export_state};
 pub use import::{
-    ImportedModel, PeftAdapter, PeftModule, PeftModuleWeights, PeftType, import_peft,
-    import_to_run, read_peft_adapter,
+    ImportSummary, ImportedModel, PeftAdapter, PeftModule, PeftModuleWeights, PeftType,
+    import_base, import_peft, import_peft_decoder, import_to_run, read_peft_adapter,
 };
 pub use merge::merge_run;
 

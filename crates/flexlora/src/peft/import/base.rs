@@ -1,7 +1,7 @@
-//! A PEFT adapter against its base model: the encoder's modules and the classifier's head.
+//! A PEFT adapter against its base model: the model's linear layers and the classifier's head.
 
 use super::{PeftAdapter, PeftModule};
-use crate::models::{Classifier, Encoder, HfNames, Weights};
+use crate::models::{Classifier, Encoder, HfNames, LlamaModel, Weights};
 use crate::peft::PeftError;
 use anyhow::Context;
 use std::path::Path;
@@ -18,13 +18,48 @@ fn tensor_shape(file: &Path, name: &str) -> anyhow::Result<Option<Vec<i64>>> {
         .map(|v| v.shape().iter().map(|&d| d as i64).collect()))
 }
 
-/// Checks `adapter`'s modules against the base encoder (its architecture's prefix, every module
-/// an adaptable linear layer of matching shape), names them by the encoder's module paths
+/// The adaptable linear layers of a base model, as an adapter is checked against them.
+pub(super) struct BaseLayers {
+    /// Its names (the prefix its layers are under, its class name).
+    names: HfNames,
+    /// Module paths under the prefix, in model order.
+    paths: Vec<String>,
+    /// The same layers under the names older checkpoints use (transformers 4's vision names).
+    saved: Vec<String>,
+    /// `(in_features, out_features)` of each.
+    features: Vec<(i64, i64)>,
+}
+
+impl BaseLayers {
+    /// The linear layers of a classifier's encoder.
+    pub(super) fn of_encoder(encoder: &Encoder) -> Self {
+        Self {
+            names: encoder.hf_names(),
+            paths: encoder.linear_paths(),
+            saved: encoder.linear_saved_names(),
+            features: encoder.linears().iter().map(|l| l.features()).collect(),
+        }
+    }
+
+    /// The projections of a decoder (`LlamaForCausalLM`'s `model.layers.N.self_attn.q_proj`).
+    pub(super) fn of_decoder(model: &LlamaModel, names: HfNames) -> Self {
+        let paths = model.linear_paths();
+        Self {
+            names,
+            saved: paths.clone(),
+            paths,
+            features: model.linears().iter().map(|l| l.features()).collect(),
+        }
+    }
+}
+
+/// Checks `adapter`'s modules against the base model's layers (its architecture's prefix, every
+/// module an adaptable linear layer of matching shape), names them by the model's module paths
 /// (an adapter made under transformers 4's vision module names, `attention.attention.query`,
-/// gets transformers 5's, `attention.q_proj`), and puts them in the encoder's order.
+/// gets transformers 5's, `attention.q_proj`), and puts them in the model's order.
 pub(super) fn fit_to_base(
     adapter: &mut PeftAdapter,
-    encoder: &Encoder,
+    layers: &BaseLayers,
     base: &Path,
 ) -> Result<(), PeftError> {
     let mismatch = |message: String| PeftError::BaseMismatch {
@@ -32,20 +67,18 @@ pub(super) fn fit_to_base(
         base: base.to_path_buf(),
         message,
     };
-    let names = encoder.hf_names();
-    let paths = encoder.linear_paths();
-    let saved = encoder.linear_saved_names();
-    let features: Vec<(i64, i64)> = encoder.linears().iter().map(|l| l.features()).collect();
+    let names = &layers.names;
+    let expected = format!("{}.", names.prefix);
     let mut order = Vec::with_capacity(adapter.modules.len());
     for m in &mut adapter.modules {
-        let expected = format!("{}.", names.prefix);
-        if !m.hf_name.starts_with(&expected) {
+        let Some(relative) = m.hf_name.strip_prefix(&expected) else {
             let found = m.hf_name.split('.').next().unwrap_or_default();
+            let other = HfNames::all_prefixes().contains(&found) || found == "model";
             return Err(mismatch(format!(
-                "module `{}` is not under `{expected}`, where a {} names its encoder's layers{}",
+                "module `{}` is not under `{expected}`, where a {} names its layers{}",
                 m.hf_name,
                 names.architecture,
-                if HfNames::all_prefixes().contains(&found) {
+                if other {
                     format!(
                         " (`{found}.` is another architecture's: the adapter is for another base model)"
                     )
@@ -53,22 +86,23 @@ pub(super) fn fit_to_base(
                     String::new()
                 }
             )));
-        }
-        let index = paths
+        };
+        let index = layers
+            .paths
             .iter()
-            .position(|p| *p == m.path)
-            .or_else(|| saved.iter().position(|p| *p == m.path));
+            .position(|p| p == relative)
+            .or_else(|| layers.saved.iter().position(|p| p == relative));
         let Some(i) = index else {
-            let examples: Vec<&str> = paths.iter().take(6).map(String::as_str).collect();
+            let examples: Vec<&str> = layers.paths.iter().take(6).map(String::as_str).collect();
             return Err(mismatch(format!(
                 "module `{}` is not an adaptable linear layer of the base model ({} linear \
                  layers; its modules look like {})",
                 m.hf_name,
-                paths.len(),
+                layers.paths.len(),
                 examples.join(", ")
             )));
         };
-        let (in_f, out_f) = features[i];
+        let (in_f, out_f) = layers.features[i];
         let (a_in, b_out) = m.features();
         if (a_in, b_out) != (in_f, out_f) {
             return Err(mismatch(format!(
@@ -79,7 +113,7 @@ pub(super) fn fit_to_base(
                 [b_out, m.rank() as i64],
             )));
         }
-        m.path = paths[i].clone();
+        m.path = layers.paths[i].clone();
         order.push(i);
     }
     let mut modules: Vec<(usize, PeftModule)> =

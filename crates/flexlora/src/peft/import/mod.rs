@@ -3,7 +3,8 @@
 use super::ADAPTER_CONFIG;
 use super::files::{write_dir_atomic, write_json};
 use crate::config::{Config, ScalePolicy, TaskKind};
-use crate::models::{Classifier, Encoder};
+use crate::models::{Architecture, Classifier, Encoder};
+use crate::peft::PeftError;
 use crate::train::model::TaskModel;
 use anyhow::Context;
 use serde_json::json;
@@ -13,11 +14,15 @@ use std::path::{Path, PathBuf};
 use tch::{Device, Tensor};
 
 mod base;
+mod decoder;
+mod fields;
+mod modules;
 mod read;
 mod state;
+pub use decoder::import_peft_decoder;
 pub use read::read_peft_adapter;
 
-use base::{fit_to_base, head};
+use base::{BaseLayers, fit_to_base, head};
 use state::adapter_state;
 
 /// The PEFT adapter types that import.
@@ -104,6 +109,8 @@ pub struct PeftAdapter {
     pub dir: PathBuf,
     /// `LORA` or `ADALORA`.
     pub peft_type: PeftType,
+    /// `task_type` (`SEQ_CLS`, `CAUSAL_LM`), if set.
+    pub task_type: Option<String>,
     /// `base_model_name_or_path`, if set.
     pub base_model_name_or_path: Option<String>,
     /// Adapted modules, in model order.
@@ -119,14 +126,15 @@ pub struct PeftAdapter {
     pub dropout: f64,
 }
 
-/// A PEFT adapter loaded onto its base model.
+/// A PEFT adapter loaded onto its base model: a classifier ([`TaskModel`], from
+/// [`import_peft`]) or a decoder ([`LmModel`], from [`import_peft_decoder`]).
 #[derive(Debug)]
-pub struct ImportedModel {
+pub struct ImportedModel<M = TaskModel> {
     /// The run config the model is built from (`method`, `model.path` and
     /// `model.target_modules` set from the adapter; everything else from the template).
     pub config: Config,
-    /// The classifier with the adapter's weights.
-    pub model: TaskModel,
+    /// The model with the adapter's weights.
+    pub model: M,
     /// `LORA` or `ADALORA`.
     pub peft_type: PeftType,
     /// `(module path, rank)` of every adapted module, in model order.
@@ -153,6 +161,12 @@ fn resolve_base(adapter: &PeftAdapter, base: Option<&Path>) -> anyhow::Result<Pa
     }
 }
 
+/// The base model folder an import of the adapter in `peft_dir` uses: `base` when given, else
+/// the adapter's `base_model_name_or_path` when that is a local folder.
+pub fn import_base(peft_dir: &Path, base: Option<&Path>) -> anyhow::Result<PathBuf> {
+    resolve_base(&read_peft_adapter(peft_dir)?, base)
+}
+
 /// What a [`TaskModel`] holding an imported adapter is built from.
 struct RunParts {
     config: Config,
@@ -168,7 +182,8 @@ fn run_state(
     template: &Config,
 ) -> anyhow::Result<RunParts> {
     let (encoder, weights) = Encoder::from_folder(base, Device::Cpu)?;
-    fit_to_base(adapter, &encoder, base)?;
+    check_task_type(adapter, base, false)?;
+    fit_to_base(adapter, &BaseLayers::of_encoder(&encoder), base)?;
     // A classifier on this base, for the shapes of its head (the new head's draws are unused).
     let probe = Classifier::new(encoder, &weights, 1)?;
     let (cw, cb, n) = head(adapter, &probe, &weights, base)?;
@@ -255,14 +270,77 @@ pub fn import_peft(
 ) -> anyhow::Result<ImportedModel> {
     let mut adapter = read_peft_adapter(peft_dir)?;
     let base = resolve_base(&adapter, base)?;
+    if Architecture::of_folder(&base)?.is_decoder() {
+        anyhow::bail!(
+            "{} is a decoder: import its adapters with import_peft_decoder",
+            base.display()
+        );
+    }
     let parts = run_state(&mut adapter, &base, template)?;
     build_model(adapter, parts, device)
 }
 
-/// [`import_peft`], then writes a run directory at `output` that `flexlora eval` and
-/// `flexlora predict` accept: `config.toml` (the template's `[data]` must have as many classes
-/// as the adapter's classifier has outputs), `checkpoints/best` and `checkpoints/final` (the
-/// same state), and `import.json` (where it came from). The folder is written whole; an
+/// What [`import_to_run`] wrote.
+#[derive(Debug)]
+pub struct ImportSummary {
+    /// The run's config.
+    pub config: Config,
+    /// `LORA` or `ADALORA`.
+    pub peft_type: PeftType,
+    /// `(module path, rank)` of every adapted module, in model order.
+    pub ranks: Vec<(String, usize)>,
+}
+
+impl<M> ImportedModel<M> {
+    fn summary(&self) -> ImportSummary {
+        ImportSummary {
+            config: self.config.clone(),
+            peft_type: self.peft_type,
+            ranks: self.ranks.clone(),
+        }
+    }
+}
+
+/// Refuses an adapter whose `task_type` is for the other kind of model than `base`
+/// (`CAUSAL_LM` on a classifier, `SEQ_CLS` on a decoder).
+fn check_task_type(adapter: &PeftAdapter, base: &Path, decoder: bool) -> Result<(), PeftError> {
+    let fits = match adapter.task_type.as_deref() {
+        None => true,
+        Some("CAUSAL_LM") => decoder,
+        Some(_) => !decoder,
+    };
+    if fits {
+        return Ok(());
+    }
+    Err(PeftError::BaseMismatch {
+        adapter: adapter.dir.clone(),
+        base: base.to_path_buf(),
+        message: format!(
+            "task_type {:?} is for a {}, but the base model is a {}",
+            adapter.task_type.as_deref().unwrap_or_default(),
+            if decoder {
+                "classifier"
+            } else {
+                "causal language model"
+            },
+            if decoder {
+                "decoder (LlamaForCausalLM)"
+            } else {
+                "classifier's encoder"
+            },
+        ),
+    })
+}
+
+/// Loads the PEFT adapter in `peft_dir` onto its base model ([`import_peft`] for classifiers,
+/// [`import_peft_decoder`] for decoders) and writes a run directory at `output` that the
+/// commands reading runs accept (`eval` and `predict` for a classifier, `lm-eval --run` and
+/// `generate --adapter` for a decoder, `train --init-from`, `export`, `merge`):
+/// `config.toml`, `checkpoints/best` and `checkpoints/final` (the same state), and
+/// `import.json` (where it came from).
+///
+/// The template's `[data]` must fit the adapter: as many classes as the adapter's classifier
+/// has outputs, or `format = "commonsense"` for a decoder. The folder is written whole; an
 /// existing non-empty `output` is replaced only with `overwrite`.
 pub fn import_to_run(
     peft_dir: &Path,
@@ -270,10 +348,33 @@ pub fn import_to_run(
     template: &Config,
     output: &Path,
     overwrite: bool,
-) -> anyhow::Result<ImportedModel> {
+) -> anyhow::Result<ImportSummary> {
     let mut adapter = read_peft_adapter(peft_dir)?;
     let base = resolve_base(&adapter, base)?;
-    let parts = run_state(&mut adapter, &base, template)?;
+    let source = adapter.dir.clone();
+    let (summary, state) = if Architecture::of_folder(&base)?.is_decoder() {
+        let imported = decoder::import(adapter, &base, template, Device::Cpu)?;
+        (imported.summary(), imported.model.state())
+    } else {
+        let parts = run_state(&mut adapter, &base, template)?;
+        check_classes(&parts)?;
+        let imported = build_model(adapter, parts, Device::Cpu)?;
+        (imported.summary(), imported.model.state())
+    };
+    let provenance = json!({
+        "peft_adapter": std::fs::canonicalize(&source).unwrap_or(source).display().to_string(),
+        "peft_type": match summary.peft_type { PeftType::Lora => "LORA", PeftType::Adalora => "ADALORA" },
+        "base_model": base.display().to_string(),
+        "method": summary.config.method.name,
+        "ranks": summary.ranks.iter().map(|(p, r)| json!({"module": p, "rank": r})).collect::<Vec<_>>(),
+    });
+    write_run(output, overwrite, &summary.config, &state, &provenance)?;
+    Ok(summary)
+}
+
+/// Refuses a template whose data has another number of classes (or task) than the adapter's
+/// classifier.
+fn check_classes(parts: &RunParts) -> anyhow::Result<()> {
     let (config, n) = (&parts.config, parts.num_labels);
     let splits = crate::data::load_splits(&config.data)?;
     let task = if n == 1 {
@@ -291,18 +392,18 @@ pub fn import_to_run(
             splits.label_names
         );
     }
-    let peft_type = adapter.peft_type;
-    let source = adapter.dir.clone();
-    let imported = build_model(adapter, parts, Device::Cpu)?;
-    let toml_text = toml::to_string(&imported.config).context("serialising the config")?;
-    let provenance = json!({
-        "peft_adapter": std::fs::canonicalize(&source).unwrap_or(source).display().to_string(),
-        "peft_type": match peft_type { PeftType::Lora => "LORA", PeftType::Adalora => "ADALORA" },
-        "base_model": base.display().to_string(),
-        "method": imported.config.method.name,
-        "ranks": imported.ranks.iter().map(|(p, r)| json!({"module": p, "rank": r})).collect::<Vec<_>>(),
-    });
-    let state = imported.model.state();
+    Ok(())
+}
+
+/// Writes the run directory of an imported adapter (see [`import_to_run`]).
+fn write_run(
+    output: &Path,
+    overwrite: bool,
+    config: &Config,
+    state: &[(String, Tensor)],
+    provenance: &serde_json::Value,
+) -> anyhow::Result<()> {
+    let toml_text = toml::to_string(config).context("serialising the config")?;
     write_dir_atomic(
         output,
         "a run (pass --overwrite to replace it)",
@@ -316,14 +417,13 @@ pub fn import_to_run(
                     &tmp.join("checkpoints").join(name),
                     |d| {
                         Ok(Tensor::write_safetensors(
-                            &state,
+                            state,
                             d.join("model.safetensors"),
                         )?)
                     },
                 )?;
             }
-            write_json(&tmp.join("import.json"), &provenance)
+            write_json(&tmp.join("import.json"), provenance)
         },
-    )?;
-    Ok(imported)
+    )
 }
