@@ -1,12 +1,8 @@
 //! The `flexlora` command line.
 
+use crate::config_file::{DEFAULT_CONFIG, DEFAULT_DECODER_CONFIG};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
-
-/// The run config commands read when none is given: the main job (a text classifier).
-pub const DEFAULT_CONFIG: &str = "configs/default.toml";
-/// The decoder config commands read when none is given and the model is a decoder.
-pub const DEFAULT_DECODER_CONFIG: &str = "configs/commonsense/smollm2-flexlora.toml";
 
 /// Entropy-guided flexible low-rank adaptation of pretrained transformers.
 #[derive(Debug, Parser)]
@@ -133,6 +129,9 @@ pub enum Command {
     /// Generate text with a decoder (greedy, or sampled with --temperature), optionally with
     /// a decoder run's adapters.
     Generate(crate::lm::commands::GenerateArgs),
+    /// Decoder training against transformers + PEFT on the same batch of commonsense training
+    /// sequences, each side in its own process: peak memory, step time and first loss.
+    BenchDecoder(crate::bench::decoder::BenchDecoderArgs),
     /// Evaluate a finished run's best checkpoint on a split of its data.
     Eval {
         /// The run directory.
@@ -575,6 +574,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             crate::lm::lm_eval(&cfg, run.as_deref(), output.as_deref(), quiet).map(|_| ())
         }
         Command::Generate(args) => crate::lm::commands::generate_command(&args),
+        Command::BenchDecoder(args) => crate::bench::decoder::bench_decoder_command(args),
         Command::Eval {
             run,
             split,

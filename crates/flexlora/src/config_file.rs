@@ -8,6 +8,11 @@ use crate::config::{Config, ConfigError};
 use crate::models::Architecture;
 use std::path::Path;
 
+/// The run config commands read when none is given: the main job (a text classifier).
+pub const DEFAULT_CONFIG: &str = "configs/default.toml";
+/// The decoder config commands read when none is given and the model is a decoder.
+pub const DEFAULT_DECODER_CONFIG: &str = "configs/commonsense/smollm2-flexlora.toml";
+
 /// A config as loaded, with where it came from (for error messages and relative paths).
 #[derive(Debug, Clone)]
 pub struct LoadedConfig {

@@ -7,7 +7,7 @@ mod common;
 use common::{golden_with_args, max_abs_diff, repo_root, run_flexlora, smollm2};
 use flexlora::adapter::Adapter;
 use flexlora::config::Config;
-use flexlora::lm::LmModel;
+use flexlora::lm::{LmModel, LmTokenizer};
 use flexlora::train::model::TrainableModel;
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -186,4 +186,159 @@ fn decoder_adapters_export_to_peft_and_merge_with_the_same_logits() {
         golden.keys().filter(|k| k.starts_with("logits.")).count(),
         6
     );
+}
+
+/// Adapters trained by Python PEFT on the real SmolLM2 (python/golden/peft_causal_lm_train.py:
+/// one LoRA with a single rank and scale, one with rank and alpha patterns and rsLoRA) import
+/// as decoder runs: our logits equal PEFT's, `generate --adapter` continues a prompt as PEFT's
+/// greedy `generate` does, and `lm-eval --run` scores questions with them.
+#[test]
+fn peft_lora_adapters_trained_on_llama_import_as_decoder_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let prompt = "Question: Which is heavier, a kilogram of feathers or a pound of iron?\nAnswer:";
+    let tokenizer = LmTokenizer::from_folder(&smollm2()).unwrap();
+    let ids = Tensor::from_slice(&tokenizer.encode(prompt, true).unwrap()).unsqueeze(0);
+    let adapters = dir.path().join("peft");
+    let spec = dir.path().join("spec.json");
+    let texts = [
+        "Question: Is the sun a star?\nAnswer: yes",
+        "Question: Can penguins fly?\nAnswer: no",
+        "Question: Does water boil at 100 degrees Celsius at sea level?\nAnswer: yes",
+        "Question: Is a tomato a vegetable in botany?\nAnswer: no",
+    ];
+    std::fs::write(
+        &spec,
+        json!({"base": smollm2(), "texts": texts, "steps": 4, "max_new_tokens": 8, "out": adapters})
+            .to_string(),
+    )
+    .unwrap();
+    let golden = golden_with_args(
+        "peft_causal_lm_train.py",
+        &[spec.to_str().unwrap()],
+        &[("input_ids", &ids)],
+    );
+    let base_logits = tch::no_grad(|| {
+        let base = flexlora::models::LlamaModel::from_folder(&smollm2(), Device::Cpu).unwrap();
+        base.logits(&base.forward(&ids, None, None, false))
+    });
+    for (name, method) in [("lora_uniform", "lora"), ("lora_patterns", "flexlora")] {
+        let run = dir.path().join(format!("{name}-run"));
+        let s = |p: &Path| p.display().to_string();
+        let out = run_flexlora(&[
+            "import".into(),
+            "--peft".into(),
+            s(&adapters.join(name)),
+            "--model".into(),
+            s(&smollm2()),
+            "--output".into(),
+            s(&run),
+            "--set".into(),
+            "data.eval_per_task=1".into(),
+            "--set".into(),
+            "data.tasks=[\"boolq\", \"piqa\"]".into(),
+        ]);
+        ok(&out);
+        let provenance: Value =
+            serde_json::from_str(&std::fs::read_to_string(run.join("import.json")).unwrap())
+                .unwrap();
+        assert_eq!(provenance["method"], method, "{name}");
+        let (config, model) = LmModel::from_run(&run, Device::Cpu).unwrap();
+        assert_eq!(
+            serde_json::to_value(config.method.name).unwrap(),
+            method,
+            "{name}"
+        );
+        let ours = tch::no_grad(|| {
+            model
+                .model
+                .logits(&model.model.forward(&ids, None, None, false))
+        });
+        let theirs = &golden[&format!("logits.{name}")];
+        let (d, b) = (max_abs_diff(&ours, theirs), bound(theirs));
+        eprintln!("{name}: max |ours - PEFT| {d:e} (bound {b:e})");
+        assert!(
+            d <= b,
+            "{name}: logits differ from PEFT's by {d:e} (bound {b:e})"
+        );
+        let moved = max_abs_diff(theirs, &base_logits);
+        assert!(
+            moved > 100.0 * b,
+            "{name}: training moved the logits by {moved:e} only"
+        );
+
+        let generated = run_flexlora(&[
+            "generate".into(),
+            "--adapter".into(),
+            s(&run),
+            "--prompt".into(),
+            prompt.into(),
+            "--max-new-tokens".into(),
+            "8".into(),
+        ]);
+        ok(&generated);
+        let expected_ids = Vec::<i64>::try_from(&golden[&format!("generated.{name}")]).unwrap();
+        let expected = tokenizer.decode(&expected_ids, false).unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&generated.stdout).trim_end_matches('\n'),
+            expected,
+            "{name}: greedy continuation"
+        );
+    }
+    // Scoring with an imported adapter: one question of each of two tasks.
+    let scores = dir.path().join("scores.json");
+    let run = dir.path().join("lora_uniform-run");
+    ok(&flexlora(&[
+        Path::new("lm-eval"),
+        Path::new("--run"),
+        &run,
+        Path::new("--quiet"),
+        Path::new("--output"),
+        &scores,
+    ]));
+    let table: Value = serde_json::from_str(&std::fs::read_to_string(&scores).unwrap()).unwrap();
+    assert_eq!(table["outcomes"].as_array().unwrap().len(), 2);
+    assert_eq!(table["run"], run.display().to_string());
+}
+
+/// `flexlora bench-decoder` on the real SmolLM2: every side reports its peak memory and step
+/// times, and the first step's loss (new adapters change nothing) is PEFT's on flexlora's LoRA
+/// and FlexLoRA sides alike (FlexLoRA's orthogonality regulariser must not leak into the task
+/// loss a step reports).
+#[test]
+fn decoder_bench_sides_start_from_the_same_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_flexlora(&[
+        "bench-decoder".into(),
+        "--batch".into(),
+        "2".into(),
+        "--steps".into(),
+        "2".into(),
+        "--threads".into(),
+        "1".into(),
+        "--workdir".into(),
+        dir.path().display().to_string(),
+    ]);
+    ok(&out);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("| PEFT lora |"));
+    let sides: Vec<Value> = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("decoder-bench.json")).unwrap(),
+    )
+    .unwrap();
+    let names: Vec<&str> = sides.iter().map(|s| s["side"].as_str().unwrap()).collect();
+    assert_eq!(names, ["flexlora lora", "flexlora flexlora", "PEFT lora"]);
+    let first = |s: &Value| s["losses"][0].as_f64().unwrap();
+    let peft = first(&sides[2]);
+    for s in &sides {
+        assert!(s["peak_rss_mib"].as_f64().unwrap() > 100.0, "{s}");
+        assert_eq!(s["step_seconds"].as_array().unwrap().len(), 2, "{s}");
+        let d = (first(s) - peft).abs();
+        assert!(
+            d <= 1e-5 * peft,
+            "{}: first loss {} vs PEFT's {peft}",
+            s["side"],
+            first(s)
+        );
+        // The second step's loss moved: the step trained something.
+        assert_ne!(s["losses"][1].as_f64().unwrap(), first(s), "{s}");
+    }
 }

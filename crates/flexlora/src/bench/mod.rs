@@ -13,6 +13,7 @@
 //!   with its peak resident memory; the allocators' share of flexlora's training time.
 
 mod child;
+pub mod decoder;
 pub mod gemm;
 mod python;
 mod report;

@@ -119,9 +119,11 @@ pub fn load_questions(
 }
 
 /// A training sequence: token ids and where the answer starts.
-struct Sequence {
-    ids: Vec<i64>,
-    answer_start: usize,
+pub(crate) struct Sequence {
+    /// Prompt, answer and end-of-sequence tokens.
+    pub(crate) ids: Vec<i64>,
+    /// Where the answer starts in `ids`.
+    pub(crate) answer_start: usize,
 }
 
 /// Input ids `[batch, longest]` (padded on the right with `pad`), the flat positions whose
@@ -148,7 +150,7 @@ fn batch(seqs: &[&Sequence], pad: i64, device: Device) -> (Tensor, Tensor, Tenso
 }
 
 /// Mean cross-entropy of the answer tokens of a micro-batch.
-fn answer_loss(
+pub(crate) fn answer_loss(
     model: &LmModel,
     (input, positions, targets): (&Tensor, &Tensor, &Tensor),
     train: bool,
@@ -244,7 +246,7 @@ impl TrainingTask for CausalLmTask {
 
 /// The training sequences of `questions` (those longer than `max_len` tokens are left out and
 /// counted).
-fn training_sequences(
+pub(crate) fn training_sequences(
     questions: &[EncodedQuestion],
     eos: Option<i64>,
     max_len: i64,

@@ -189,14 +189,17 @@ pub fn accumulate<M: TrainableModel + ?Sized>(
     let mut step_loss = 0.0;
     for k in 0..n {
         let (loss, taps) = crate::adapter::tape::record(|| loss_of(k));
-        let mut total = loss.shallow_clone();
-        if gamma > 0.0 {
-            if let Some(r) =
+        let regulariser = (gamma > 0.0)
+            .then(|| {
                 orthogonality_regulariser(model.svd_adapters(), gamma, config.method.orth_norm)
-            {
-                total += r;
-            }
-        }
+            })
+            .flatten();
+        // A new tensor: an in-place `+=` on a shallow clone would write into `loss` itself,
+        // and the task loss reported below would include the regulariser.
+        let total = match regulariser {
+            Some(r) => &loss + r,
+            None => loss.shallow_clone(),
+        };
         crate::adapter::tape::backward(&(total / scale), taps, || {
             model
                 .named_trainables()
