@@ -3,7 +3,8 @@
 //!
 //! The batch is the first `batch` training sequences of a decoder config's commonsense data
 //! (prompt, answer and end-of-sequence tokens, padded on the right to the longest), the loss the
-//! mean cross-entropy of the answer tokens on both sides. Every side runs in a fresh process
+//! mean cross-entropy of the answer tokens on both sides, AdamW at the config's constant learning
+//! rate. Every side runs in a fresh process
 //! (so its peak resident memory, `VmHWM`, is its own): flexlora's training step for each method
 //! asked ([`crate::train::step`], what `flexlora train` runs), and `LlamaForCausalLM` with PEFT's LoRA at the same
 //! rank, `α` and target modules (python/bench/decoder_step.py). Each reports its peak memory,
@@ -148,7 +149,12 @@ pub fn bench_decoder(opts: &DecoderBenchOptions) -> anyhow::Result<Vec<SideResul
         &batch_file,
     )?;
     let spec = |side: String, extra: &[String]| {
+        // PEFT's side steps at a constant learning rate (no scheduler), so ours does too.
         let mut overrides = opts.overrides.clone();
+        overrides.extend([
+            "optimiser.lr_schedule=\"constant\"".to_string(),
+            "optimiser.warmup_ratio=0.0".to_string(),
+        ]);
         overrides.extend(extra.iter().cloned());
         WorkerSpec {
             config: opts.config.clone(),
