@@ -1,8 +1,9 @@
 //! `flexlora bench-decoder`: the memory and time of decoder training, flexlora against
 //! transformers + PEFT on the same batch.
 //!
-//! The batch is the first `batch` training sequences of a decoder config's commonsense data
-//! (prompt, answer and end-of-sequence tokens, padded on the right to the longest), the loss the
+//! The batch is the first `batch` training sequences of a decoder config's commonsense data, or
+//! with `--longest` the longest ones (prompt, answer and end-of-sequence tokens, padded on the
+//! right to the longest), the loss the
 //! mean cross-entropy of the answer tokens on both sides, AdamW at the config's constant learning
 //! rate. Every side runs in a fresh process
 //! (so its peak resident memory, `VmHWM`, is its own): flexlora's training step for each method
@@ -31,6 +32,9 @@ pub struct DecoderBenchOptions {
     pub overrides: Vec<String>,
     /// Sequences in the batch.
     pub batch: usize,
+    /// Take the longest training sequences (the job's worst case for memory) instead of the
+    /// first.
+    pub longest: bool,
     /// Optimiser steps per side.
     pub steps: usize,
     /// flexlora's methods to measure (`lora`, `flexlora`, `adalora`).
@@ -134,7 +138,11 @@ pub fn bench_decoder(opts: &DecoderBenchOptions) -> anyhow::Result<Vec<SideResul
     let (questions, _) = load_questions(&config)?;
     let llama = crate::models::LlamaConfig::from_folder(&config.model.path)?;
     let eos = llama.eos_token_ids.first().copied();
-    let (sequences, _) = training_sequences(&questions, eos, config.data.max_length as i64);
+    let (mut sequences, _) = training_sequences(&questions, eos, config.data.max_length as i64);
+    if opts.longest {
+        // Stable: equal lengths keep the data's order.
+        sequences.sort_by_key(|s| std::cmp::Reverse(s.ids.len()));
+    }
     if sequences.len() < opts.batch {
         bail!(
             "{}: {} training sequences fit data.max_length, fewer than --batch {}",
@@ -324,6 +332,10 @@ pub struct BenchDecoderArgs {
     /// Sequences in the batch (the config's first training sequences).
     #[arg(long, default_value_t = 8)]
     pub batch: usize,
+    /// Take the longest training sequences (the job's worst case for memory) instead of the
+    /// first.
+    #[arg(long)]
+    pub longest: bool,
     /// Optimiser steps per side (the first is left out of the median time).
     #[arg(long, default_value_t = 4)]
     pub steps: usize,
@@ -356,6 +368,7 @@ pub fn bench_decoder_command(args: BenchDecoderArgs) -> anyhow::Result<()> {
         config: args.config,
         overrides: args.overrides,
         batch: args.batch,
+        longest: args.longest,
         steps: args.steps,
         methods: args.methods,
         threads: args
