@@ -214,12 +214,17 @@ pub enum Command {
         /// The run directory.
         #[arg(long)]
         run: PathBuf,
-        /// peft-lora (any adapter run) or peft-adalora (runs with SVD adapters).
+        /// peft-lora (any adapter run), peft-adalora (runs with SVD adapters) or gguf-lora
+        /// (a llama.cpp LoRA adapter file, decoder runs).
         #[arg(long, value_enum, default_value = "peft-lora")]
         format: crate::peft::PeftFormat,
-        /// The adapter folder to write (default: `<run>/adapter`).
+        /// The adapter folder to write (default: `<run>/adapter`; gguf-lora: the file, default
+        /// `<run>/adapter.gguf`).
         #[arg(long)]
         output: Option<PathBuf>,
+        /// gguf-lora's tensor type: f32, f16 or bf16 [default: f32].
+        #[arg(long, value_enum)]
+        outtype: Option<crate::gguf::TensorType>,
     },
     /// Load a Hugging Face PEFT LoRA or AdaLoRA adapter onto its base model and write a run
     /// directory: for a classifier one that `eval` and `predict` accept, for a decoder one that
@@ -618,7 +623,18 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             run,
             format,
             output,
+            outtype,
         } => {
+            if format == crate::peft::PeftFormat::GgufLora {
+                let output = output.unwrap_or_else(|| run.join("adapter.gguf"));
+                let ty = outtype.unwrap_or(crate::gguf::TensorType::F32);
+                crate::peft::export_run_gguf(&run, ty, &output)?;
+                eprintln!("exported {} -> {}", run.display(), output.display());
+                return Ok(());
+            }
+            if outtype.is_some() {
+                anyhow::bail!("--outtype is for --format gguf-lora only");
+            }
             let output = output.unwrap_or_else(|| run.join("adapter"));
             crate::peft::export_run(&run, format, &output)?;
             eprintln!("exported {} -> {}", run.display(), output.display());

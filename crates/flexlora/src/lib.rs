@@ -20,6 +20,7 @@ pub mod dropout;
 pub mod embed;
 pub mod faults;
 pub mod gemm;
+pub mod gguf;
 pub mod io;
 pub mod lm;
 pub mod models;

@@ -342,3 +342,131 @@ fn decoder_bench_sides_start_from_the_same_loss() {
         assert_ne!(s["losses"][1].as_f64().unwrap(), first(s), "{s}");
     }
 }
+
+/// llama.cpp's name of a decoder projection and the head count whose rows its converter
+/// reorders (q_proj, k_proj), written out here independently of the exporter.
+fn llama_cpp_tensor(path: &str, heads: i64, kv_heads: i64) -> (String, Option<i64>) {
+    let parts: Vec<&str> = path.split('.').collect();
+    let (layer, module) = (parts[1], parts[3]);
+    let (name, h) = match module {
+        "q_proj" => ("attn_q", Some(heads)),
+        "k_proj" => ("attn_k", Some(kv_heads)),
+        "v_proj" => ("attn_v", None),
+        "o_proj" => ("attn_output", None),
+        "gate_proj" => ("ffn_gate", None),
+        "up_proj" => ("ffn_up", None),
+        "down_proj" => ("ffn_down", None),
+        other => panic!("unexpected module {other}"),
+    };
+    (format!("blk.{layer}.{name}.weight"), h)
+}
+
+/// `flexlora export --format gguf-lora` on decoder runs with uneven ranks (FlexLoRA, ranks 0 to
+/// 4 of 4 slots) and on a LoRA run, in f32, f16 and bf16, read back by the `gguf` package:
+/// llama.cpp's metadata and names, one pair per matrix of rank > 0 with that matrix's rank, and
+/// `lora_b · lora_a` (its rows put back in transformers' order for q and k) equal to the run's
+/// `ΔW` within each type's rounding.
+#[test]
+fn decoder_runs_export_as_llama_cpp_lora_adapters() {
+    let dir = tempfile::tempdir().unwrap();
+    let llama = flexlora::models::LlamaConfig::from_folder(&smollm2()).unwrap();
+    let (heads, kv_heads) = (llama.num_attention_heads, llama.num_key_value_heads);
+    let mut files = Vec::new();
+    let mut models = HashMap::new();
+    for method in ["flexlora", "lora"] {
+        let config = config(method);
+        let model = perturbed(&config, 11);
+        let run = dir.path().join(method);
+        write_run(&run, &config, &model);
+        let types: &[&str] = if method == "flexlora" {
+            &["f32", "f16", "bf16"]
+        } else {
+            &["f32"]
+        };
+        for ty in types {
+            let file = dir.path().join(format!("{method}-{ty}.gguf"));
+            ok(&flexlora(&[
+                Path::new("export"),
+                Path::new("--run"),
+                &run,
+                Path::new("--format"),
+                Path::new("gguf-lora"),
+                Path::new("--outtype"),
+                Path::new(ty),
+                Path::new("--output"),
+                &file,
+            ]));
+            files.push(json!({
+                "name": format!("{method}-{ty}"), "path": file,
+                "tensor_type": ty.to_uppercase(),
+                "metadata": {"general.architecture": "llama", "general.type": "adapter",
+                             "adapter.type": "lora", "adapter.lora.alpha": 0.0},
+            }));
+        }
+        models.insert(method, model);
+    }
+    let spec = dir.path().join("gguf.json");
+    std::fs::write(&spec, json!({ "files": files }).to_string()).unwrap();
+    let read = golden_with_args("gguf_read.py", &[spec.to_str().unwrap()], &[]);
+    for file in &files {
+        let name = file["name"].as_str().unwrap();
+        let (method, ty) = name.split_once('-').unwrap();
+        let model = &models[method];
+        let tolerance = match ty {
+            "f32" => 1e-6,
+            "f16" => 2e-3,
+            _ => 1.6e-2,
+        };
+        let adapted: Vec<_> = model
+            .model
+            .linears()
+            .into_iter()
+            .filter(|l| l.adapter.is_some())
+            .collect();
+        let mut expected_pairs = 0;
+        for (path, linear) in model.adapted_paths.iter().zip(adapted) {
+            let adapter = linear.adapter.as_ref().unwrap();
+            let rank = match adapter {
+                Adapter::Svd(a) => a.active().iter().filter(|&&x| x).count(),
+                Adapter::Lora(a) => a.b.size()[1] as usize,
+            };
+            let (tensor, rotary) = llama_cpp_tensor(path, heads, kv_heads);
+            let key = |part: &str| format!("{name}.{tensor}.{part}");
+            if rank == 0 {
+                assert!(
+                    !read.contains_key(&key("lora_a")),
+                    "{name}: {path} has rank 0"
+                );
+                continue;
+            }
+            expected_pairs += 1;
+            let (a, b) = (&read[&key("lora_a")], &read[&key("lora_b")]);
+            assert_eq!(a.size()[0], rank as i64, "{name}: {path}'s rank");
+            assert_eq!(b.size()[1], rank as i64, "{name}: {path}'s rank");
+            let b = match rotary {
+                // llama.cpp's order [head, head_dim/2, 2] back to transformers' [head, 2, head_dim/2].
+                Some(h) => {
+                    let s = b.size();
+                    b.reshape([h, s[0] / h / 2, 2, s[1]])
+                        .transpose(1, 2)
+                        .reshape(s.as_slice())
+                }
+                None => b.shallow_clone(),
+            };
+            let ours = tch::no_grad(|| adapter.delta_weight());
+            let theirs = b.matmul(a);
+            let scale = ours.abs().max().double_value(&[]);
+            let d = max_abs_diff(&ours, &theirs);
+            assert!(
+                d <= tolerance * scale,
+                "{name}: {path}: ΔW differs by {d:e} (scale {scale:e})"
+            );
+        }
+        let pairs = read.keys().filter(|k| k.starts_with(&format!("{name}.")));
+        assert_eq!(
+            pairs.count(),
+            2 * expected_pairs,
+            "{name}: tensors in the file"
+        );
+    }
+}

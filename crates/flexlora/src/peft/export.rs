@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use tch::{Kind, Tensor};
 
-/// The PEFT adapter type to write.
+/// The adapter format to write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum PeftFormat {
     /// `peft_type: LORA` with per-module `rank_pattern` / `alpha_pattern` (any run with
@@ -20,6 +20,9 @@ pub enum PeftFormat {
     /// `peft_type: ADALORA` (runs with SVD adapters: `flexlora`, `adalora`).
     #[value(name = "peft-adalora")]
     Adalora,
+    /// A llama.cpp LoRA adapter (GGUF; decoder runs only): see [`super::gguf_lora`].
+    #[value(name = "gguf-lora")]
+    GgufLora,
 }
 
 impl PeftFormat {
@@ -53,7 +56,7 @@ enum RunModule {
 }
 
 /// The adapters and trained head of a run's state, modules in model order.
-struct RunAdapters {
+pub(super) struct RunAdapters {
     modules: Vec<(String, RunModule)>,
     /// The classifier's weight and bias (none for a decoder, whose head is the frozen
     /// language-model head).
@@ -84,7 +87,7 @@ fn take<'a>(
 /// A module path and its state tensors by field name (`P`, `lambda`, ..., `lora_A`, ...).
 type ModuleFields<'a> = (String, HashMap<&'a str, &'a Tensor>);
 
-fn run_adapters(
+pub(super) fn run_adapters(
     config: &Config,
     tensors: &HashMap<String, Tensor>,
 ) -> Result<RunAdapters, PeftError> {
@@ -202,6 +205,40 @@ fn run_adapters(
     })
 }
 
+/// Every adapted module's LoRA pair with its whole scale folded into `B`:
+/// `(path, A [r, in], B [out, r])` with `ΔW = B A`, in model order; modules at rank 0 (no active
+/// slot) are left out.
+pub(super) fn scaled_pairs(run: &RunAdapters) -> Vec<(String, Tensor, Tensor)> {
+    let mut pairs = Vec::new();
+    for (path, module) in &run.modules {
+        match module {
+            RunModule::Svd {
+                p,
+                lambda,
+                q,
+                active,
+                scale,
+            } => {
+                let slots = active_slots(active);
+                if slots.is_empty() {
+                    continue;
+                }
+                let idx = slot_index(&slots);
+                let l = lambda.index_select(0, &idx).to_kind(Kind::Double) * *scale;
+                let b = (p.index_select(1, &idx).to_kind(Kind::Double) * l.unsqueeze(0))
+                    .to_kind(Kind::Float);
+                pairs.push((path.clone(), q.index_select(0, &idx), b));
+            }
+            RunModule::Lora { a, b, alpha } => {
+                let r = a.size()[0] as f64;
+                let b = (b.to_kind(Kind::Double) * (*alpha / r)).to_kind(Kind::Float);
+                pairs.push((path.clone(), a.shallow_clone(), b));
+            }
+        }
+    }
+    pairs
+}
+
 /// A JSON number, written as an integer when it is one (as PEFT's own configs).
 fn number(x: f64) -> Value {
     if x.fract() == 0.0 && x.abs() < 1e15 {
@@ -239,6 +276,14 @@ pub fn export_state(
     let (weights, adapter_config) = match format {
         PeftFormat::Lora => lora_files(config, &run),
         PeftFormat::Adalora => adalora_files(config, &run, total_steps)?,
+        PeftFormat::GgufLora => {
+            return super::gguf_lora::write_gguf_lora(
+                config,
+                &run,
+                crate::gguf::TensorType::F32,
+                out_dir,
+            );
+        }
     };
     write_dir_atomic(
         out_dir,

@@ -35,10 +35,12 @@
 
 mod export;
 mod files;
+mod gguf_lora;
 mod import;
 mod merge;
 
 pub use export::{PeftFormat, export_run, export_state};
+pub use gguf_lora::export_run_gguf;
 pub use import::{
     ImportSummary, ImportedModel, PeftAdapter, PeftModule, PeftModuleWeights, PeftType,
     import_base, import_peft, import_peft_decoder, import_to_run, read_peft_adapter,
