@@ -1,6 +1,7 @@
 """llama.cpp itself against flexlora on a gguf-lora adapter: `scripts/check-llama-cpp`.
 
 Usage: llama_cpp_lora.py BASE_GGUF HF_FOLDER PEFT_ADAPTER GGUF_ADAPTER PROMPT OUT.json
+(BASE_GGUF: the model in float32, python/check/gguf_dequantize.py's output.)
 Runs the prompt's tokens (SmolLM2's tokenizer from HF_FOLDER) through
   - llama.cpp (llama-cpp-python) on BASE_GGUF, alone and with GGUF_ADAPTER (`lora_path`), and
   - transformers' LlamaForCausalLM on HF_FOLDER (the same weights, dequantized to float32 by
@@ -10,7 +11,8 @@ and writes the largest logit differences over every position: llama.cpp against 
 without the adapter (the floor llama.cpp's quantized arithmetic sets), the same with the
 adapter, and how far the adapter moves each side's logits. Exit status 1 when the adapter's
 difference exceeds twice the floor plus 1e-3, or when the adapter moves llama.cpp's logits by
-less than ten times the floor.
+less than ten times the floor. Also written: the adapter's own effect on each side (with minus
+without), their largest difference and their correlation.
 """
 import json
 import sys
@@ -53,6 +55,10 @@ result = {
     "adapter_moves_transformers": float(np.abs(hf_lora - hf_base).max()),
     "same_argmax": int((cpp_lora.argmax(1) == hf_lora.argmax(1)).sum()),
 }
+# The adapter's own effect on each side: the base's quantisation error mostly cancels in it.
+effect_cpp, effect_hf = cpp_lora - cpp_base, hf_lora - hf_base
+result["effect_difference"] = float(np.abs(effect_cpp - effect_hf).max())
+result["effect_correlation"] = float(np.corrcoef(effect_cpp.ravel(), effect_hf.ravel())[0, 1])
 json.dump(result, open(out_path, "w"), indent=1)
 print(json.dumps(result, indent=1))
 ok = result["with_adapter"] <= 2 * result["floor_base"] + 1e-3 and (
