@@ -276,14 +276,11 @@ pub fn export_state(
     let (weights, adapter_config) = match format {
         PeftFormat::Lora => lora_files(config, &run),
         PeftFormat::Adalora => adalora_files(config, &run, total_steps)?,
-        PeftFormat::GgufLora => {
-            return super::gguf_lora::write_gguf_lora(
-                config,
-                &run,
-                crate::gguf::TensorType::F32,
-                out_dir,
-            );
-        }
+        // A single file, not a PEFT folder: written by `export_run_gguf`.
+        PeftFormat::GgufLora => anyhow::bail!(
+            "gguf-lora writes a llama.cpp adapter file: use export_run_gguf (flexlora export \
+             --format gguf-lora)"
+        ),
     };
     write_dir_atomic(
         out_dir,
