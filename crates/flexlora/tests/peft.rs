@@ -677,6 +677,14 @@ fn bad_adapters_and_runs_are_clear_errors() {
     write_run(&run, &cfg, &perturbed(&cfg, 9, Ranks::Varied));
     let good = dir.path().join("good");
     peft::export_run(&run, PeftFormat::Lora, &good).unwrap();
+    // llama.cpp runs decoders: a classifier run has no gguf-lora export, and nothing is written.
+    let gguf = dir.path().join("adapter.gguf");
+    let e = format!(
+        "{:#}",
+        peft::export_run_gguf(&run, flexlora::gguf::TensorType::F32, &gguf).unwrap_err()
+    );
+    assert!(e.contains("decoder runs") && e.contains("peft-lora"), "{e}");
+    assert!(!gguf.exists());
     let tmpl = template(&base, &data, "flexlora");
     let import = |d: &Path, base: &Path| {
         format!(
