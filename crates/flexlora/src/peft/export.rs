@@ -55,6 +55,33 @@ enum RunModule {
     },
 }
 
+impl RunModule {
+    /// An SVD adapter as a LoRA pair over its active slots with the whole scale in `B`:
+    /// `A = Q_a` (`[r, in]`), `B = P_a diag(s · λ_a)` (`[out, r]`, the product in float64);
+    /// `None` at rank 0 and for LoRA modules.
+    fn svd_pair(&self) -> Option<(Tensor, Tensor)> {
+        let RunModule::Svd {
+            p,
+            lambda,
+            q,
+            active,
+            scale,
+        } = self
+        else {
+            return None;
+        };
+        let slots = active_slots(active);
+        if slots.is_empty() {
+            return None;
+        }
+        let idx = slot_index(&slots);
+        let l = lambda.index_select(0, &idx).to_kind(Kind::Double) * *scale;
+        let b =
+            (p.index_select(1, &idx).to_kind(Kind::Double) * l.unsqueeze(0)).to_kind(Kind::Float);
+        Some((q.index_select(0, &idx), b))
+    }
+}
+
 /// The adapters and trained head of a run's state, modules in model order.
 pub(super) struct RunAdapters {
     modules: Vec<(String, RunModule)>,
@@ -212,22 +239,10 @@ pub(super) fn scaled_pairs(run: &RunAdapters) -> Vec<(String, Tensor, Tensor)> {
     let mut pairs = Vec::new();
     for (path, module) in &run.modules {
         match module {
-            RunModule::Svd {
-                p,
-                lambda,
-                q,
-                active,
-                scale,
-            } => {
-                let slots = active_slots(active);
-                if slots.is_empty() {
-                    continue;
+            RunModule::Svd { .. } => {
+                if let Some((a, b)) = module.svd_pair() {
+                    pairs.push((path.clone(), a, b));
                 }
-                let idx = slot_index(&slots);
-                let l = lambda.index_select(0, &idx).to_kind(Kind::Double) * *scale;
-                let b = (p.index_select(1, &idx).to_kind(Kind::Double) * l.unsqueeze(0))
-                    .to_kind(Kind::Float);
-                pairs.push((path.clone(), q.index_select(0, &idx), b));
             }
             RunModule::Lora { a, b, alpha } => {
                 let r = a.size()[0] as f64;
@@ -394,26 +409,15 @@ fn lora_files(config: &Config, run: &RunAdapters) -> (Vec<(String, Tensor)>, Val
     let mut default_alpha = 0.0;
     for (path, module) in &run.modules {
         let (a, b, rank, alpha) = match module {
-            RunModule::Svd {
-                p,
-                lambda,
-                q,
-                active,
-                scale,
-            } => {
-                let slots = active_slots(active);
-                if slots.is_empty() {
-                    continue; // ΔW = 0: PEFT has no rank-0 LoRA.
-                }
-                let idx = slot_index(&slots);
-                let a = q.index_select(0, &idx).contiguous();
-                let l = lambda.index_select(0, &idx).to_kind(Kind::Double) * *scale;
-                let b = (p.index_select(1, &idx).to_kind(Kind::Double) * l.unsqueeze(0))
-                    .to_kind(Kind::Float)
-                    .contiguous();
-                default_r = default_r.max(slots.len());
+            RunModule::Svd { .. } => {
+                // ΔW = 0 at rank 0: PEFT has no rank-0 LoRA.
+                let Some((a, b)) = module.svd_pair() else {
+                    continue;
+                };
+                let rank = a.size()[0] as usize;
+                default_r = default_r.max(rank);
                 default_alpha = default_r as f64;
-                (a, b, slots.len(), slots.len() as f64)
+                (a.contiguous(), b.contiguous(), rank, rank as f64)
             }
             RunModule::Lora { a, b, alpha } => {
                 let r = a.size()[0] as usize;

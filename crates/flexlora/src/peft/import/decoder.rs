@@ -85,15 +85,5 @@ pub(super) fn import(
     model
         .load_state(&state)
         .with_context(|| format!("loading the adapter in {}", adapter.dir.display()))?;
-    let ranks = adapter
-        .modules
-        .iter()
-        .map(|m| (m.path.clone(), m.rank()))
-        .collect();
-    Ok(ImportedModel {
-        config,
-        model,
-        peft_type: adapter.peft_type,
-        ranks,
-    })
+    Ok(ImportedModel::new(config, model, &adapter))
 }

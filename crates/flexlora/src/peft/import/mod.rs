@@ -231,17 +231,7 @@ fn build_model(
     model
         .load_state(&state)
         .with_context(|| format!("loading the adapter in {}", adapter.dir.display()))?;
-    let ranks = adapter
-        .modules
-        .iter()
-        .map(|m| (m.path.clone(), m.rank()))
-        .collect();
-    Ok(ImportedModel {
-        config,
-        model,
-        peft_type: adapter.peft_type,
-        ranks,
-    })
+    Ok(ImportedModel::new(config, model, &adapter))
 }
 
 /// Loads the PEFT adapter in `peft_dir` onto the base model folder `base` (default: the
@@ -292,6 +282,21 @@ pub struct ImportSummary {
 }
 
 impl<M> ImportedModel<M> {
+    /// `model` holding `adapter`, built from `config`.
+    fn new(config: Config, model: M, adapter: &PeftAdapter) -> Self {
+        let ranks = adapter
+            .modules
+            .iter()
+            .map(|m| (m.path.clone(), m.rank()))
+            .collect();
+        Self {
+            config,
+            model,
+            peft_type: adapter.peft_type,
+            ranks,
+        }
+    }
+
     fn summary(&self) -> ImportSummary {
         ImportSummary {
             config: self.config.clone(),
