@@ -170,9 +170,7 @@ pub fn bench_decoder(opts: &DecoderBenchOptions) -> anyhow::Result<Vec<SideResul
             batch_file: batch_file.clone(),
             steps: opts.steps,
             threads: opts.threads,
-            result: opts
-                .workdir
-                .join(format!("{}.json", side.replace([' ', '+'], "_"))),
+            result: opts.workdir.join(format!("{}.json", file_stem(&side))),
             side,
             model: config.model.path.clone(),
             r: config.method.r_init,
@@ -209,10 +207,15 @@ pub fn bench_decoder(opts: &DecoderBenchOptions) -> anyhow::Result<Vec<SideResul
     Ok(results)
 }
 
+/// A side's name as a file name stem (`flexlora lora` -> `flexlora_lora`).
+fn file_stem(side: &str) -> String {
+    side.replace([' ', '+'], "_")
+}
+
 fn write_spec(spec: &WorkerSpec, opts: &DecoderBenchOptions) -> anyhow::Result<PathBuf> {
     let path = opts
         .workdir
-        .join(format!("{}.spec.json", spec.side.replace([' ', '+'], "_")));
+        .join(format!("{}.spec.json", file_stem(&spec.side)));
     std::fs::write(&path, serde_json::to_string_pretty(spec)?)
         .with_context(|| format!("writing {}", path.display()))?;
     Ok(path)
@@ -224,9 +227,7 @@ fn run_side(
     opts: &DecoderBenchOptions,
 ) -> anyhow::Result<SideResult> {
     eprintln!("[bench-decoder] {}", spec.side);
-    let log = opts
-        .workdir
-        .join(format!("{}.log", spec.side.replace([' ', '+'], "_")));
+    let log = opts.workdir.join(format!("{}.log", file_stem(&spec.side)));
     let _ = std::fs::remove_file(&log);
     super::child::run_measured(cmd, &log)?;
     let text = std::fs::read_to_string(&spec.result)
