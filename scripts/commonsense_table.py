@@ -38,7 +38,7 @@ def correct(outcomes, normalise):
     """{(task, row): right?} by the acc (or acc_norm) rule, as flexlora's `pick`."""
     out = {}
     for o in outcomes:
-        vals = [s["logprob"] / max(s["bytes"], 1) if normalise else s["logprob"] for s in o["scores"]]
+        vals = [s["logprob"] / max(s.get("norm_length", s.get("bytes", 1)), 1) if normalise else s["logprob"] for s in o["scores"]]
         best = max(range(len(vals)), key=lambda i: (vals[i], -i))
         out[(o["task"], o["row"])] = best == o["answer"]
     return out

@@ -3,7 +3,8 @@ gradients and greedy generation, on random-initialised models or on a real check
 
 Usage: llama.py SPEC.json FOLDER IN.safetensors OUT.safetensors
 SPEC: {"config": {LlamaConfig fields}, "seed": int, "std": float, "generate": int,
-       "score": [{"prompt": str, "choices": [str, ...]}, ...]}
+       "score": [{"prompt": str, "choices": [str, ...],
+                  "harness": bool, "contexts": [str, ...]}, ...]}
   When FOLDER has no config.json yet, a LlamaForCausalLM is built from "config" with torch seed
   "seed", every weight redrawn from N(0, std^2) (RMSNorm scales from U(0.5, 1.5)) so that every
   term moves the output, and saved there with save_pretrained. The model is read back from
@@ -19,7 +20,13 @@ OUT: logits.N [batch, tokens, vocab]; grad.M.{P,lam,Q} when gy.N is given; with 
   tokenizer), score.K [choices, 3]: for each choice of question K, the summed log-probability
   of its tokens after the prompt, its token count and its length in UTF-8 bytes (lm-evaluation-harness
   style: prompt and choice are tokenized apart, the prompt with the tokenizer's special tokens,
-  the choice without, and concatenated).
+  the choice without, and concatenated). With "harness": true, a question is encoded as
+  lm-evaluation-harness's HFLM encodes a (context, continuation) request (`_encode_pair`:
+  trailing whitespace of the context moves to the continuation, the context alone and context +
+  continuation are encoded without special tokens, the continuation is the whole's tail), choice
+  j's context is contexts[j] when given (WinoGrande) else the prompt, and the length is the
+  harness's acc_norm normaliser: characters of the choice without its leading space, or of the
+  context when every choice has its own.
 """
 import json
 import os
@@ -97,17 +104,28 @@ if spec.get("score"):
 
     tok = AutoTokenizer.from_pretrained(folder)
     for k, q in enumerate(spec["score"]):
-        prompt_ids = tok(q["prompt"])["input_ids"]
         rows = []
-        for choice in q["choices"]:
-            cont = tok(choice, add_special_tokens=False)["input_ids"]
+        for j, choice in enumerate(q["choices"]):
+            if q.get("harness"):
+                context = q["contexts"][j] if q.get("contexts") else q["prompt"]
+                n_spaces = len(context) - len(context.rstrip())
+                cont_text = context[len(context) - n_spaces:] + choice
+                context = context[: len(context) - n_spaces]
+                prompt_ids = tok.encode(context, add_special_tokens=False)
+                whole_ids = tok.encode(context + cont_text, add_special_tokens=False)
+                cont = whole_ids[len(prompt_ids):]
+                norm = len(q["contexts"][j]) if q.get("contexts") else len(choice) - 1
+            else:
+                prompt_ids = tok(q["prompt"])["input_ids"]
+                cont = tok(choice, add_special_tokens=False)["input_ids"]
+                norm = len(choice.encode("utf-8"))
             whole = prompt_ids + cont
             ids = torch.tensor([whole])
             with torch.no_grad():
                 logp = model(input_ids=ids).logits.log_softmax(-1)[0]
             start = len(whole) - len(cont)
             total = sum(logp[start - 1 + i, c].item() for i, c in enumerate(cont))
-            rows.append([total, len(cont), len(choice.encode("utf-8"))])
+            rows.append([total, len(cont), norm])
         out[f"score.{k}"] = torch.tensor(rows, dtype=torch.float64)
 
 save_file({k: v.contiguous() for k, v in out.items()}, out_path)

@@ -122,6 +122,15 @@ pub enum Command {
         /// Also write the table and every question's scores as JSON here.
         #[arg(long)]
         output: Option<PathBuf>,
+        /// Prompts: llm-adapters (the paper's instruction templates) or harness
+        /// (lm-evaluation-harness's zero-shot prompts); default the config's
+        /// data.prompt_format.
+        #[arg(long, value_parser = ["llm-adapters", "harness"])]
+        format: Option<String>,
+        /// Score every row of each task's validation split, as lm-evaluation-harness does,
+        /// instead of the evaluation half (zero-shot only: a run trained on the other half).
+        #[arg(long, conflicts_with = "run")]
+        full_split: bool,
         /// No progress bar.
         #[arg(long)]
         quiet: bool,
@@ -570,13 +579,27 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             overrides,
             run,
             output,
+            format,
+            full_split,
             quiet,
         } => {
-            let cfg = match &run {
+            let mut cfg = match &run {
                 Some(dir) => crate::train::load_run_config(dir)?,
                 None => crate::config::Config::load(&config, &overrides)?.config,
             };
-            crate::lm::lm_eval(&cfg, run.as_deref(), output.as_deref(), quiet).map(|_| ())
+            if let Some(name) = format.as_deref() {
+                cfg.data.prompt_format = crate::data::commonsense::PromptFormat::from_name(name)
+                    .ok_or_else(|| {
+                        anyhow::anyhow!("--format {name}: expected llm-adapters or harness")
+                    })?;
+            }
+            let opts = crate::lm::LmEvalOptions {
+                run: run.as_deref(),
+                output: output.as_deref(),
+                full_split,
+                quiet,
+            };
+            crate::lm::lm_eval(&cfg, &opts).map(|_| ())
         }
         Command::Generate(args) => crate::lm::commands::generate_command(&args),
         Command::BenchDecoder(args) => crate::bench::decoder::bench_decoder_command(args),

@@ -328,6 +328,11 @@ pub struct DataConfig {
     /// evaluation half; all when unset).
     #[serde(default)]
     pub eval_per_task: Option<u64>,
+    /// `commonsense`: the prompts, `"llm-adapters"` (the instruction templates the paper used;
+    /// default) or `"harness"` (lm-evaluation-harness's zero-shot prompts, comparable with
+    /// published scores).
+    #[serde(default)]
+    pub prompt_format: crate::data::commonsense::PromptFormat,
 }
 
 impl DataConfig {

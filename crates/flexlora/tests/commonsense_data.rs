@@ -8,7 +8,9 @@ use arrow_array::builder::{LargeListBuilder, ListBuilder, StringBuilder};
 use arrow_array::{ArrayRef, BooleanArray, Int64Array, RecordBatch, StringArray, StructArray};
 use arrow_schema::{DataType, Field};
 use flexlora::data::DataError;
-use flexlora::data::commonsense::{ChoiceQuestion, CommonsenseTask, load_task, split_suite};
+use flexlora::data::commonsense::{
+    ChoiceQuestion, CommonsenseTask, PromptFormat, load_task, split_suite,
+};
 use sha2::{Digest, Sha256};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -32,7 +34,10 @@ fn suite() -> &'static Vec<Vec<ChoiceQuestion>> {
     SUITE.get_or_init(|| {
         CommonsenseTask::ALL
             .iter()
-            .map(|&t| load_task(&root(), t).unwrap_or_else(|e| panic!("{}: {e}", t.name())))
+            .map(|&t| {
+                load_task(&root(), t, PromptFormat::LlmAdapters)
+                    .unwrap_or_else(|e| panic!("{}: {e}", t.name()))
+            })
             .collect()
     })
 }
@@ -266,7 +271,15 @@ fn keys(qs: &[ChoiceQuestion]) -> Vec<(CommonsenseTask, usize)> {
 #[test]
 fn split_halves_are_disjoint_sized_and_seeded() {
     let root = root();
-    let s = split_suite(&root, &CommonsenseTask::ALL, 7, None, None).unwrap();
+    let s = split_suite(
+        &root,
+        &CommonsenseTask::ALL,
+        7,
+        None,
+        None,
+        PromptFormat::LlmAdapters,
+    )
+    .unwrap();
     let train: HashSet<_> = keys(&s.train).into_iter().collect();
     let eval: HashSet<_> = keys(&s.eval).into_iter().collect();
     assert_eq!(train.len(), s.train.len(), "no question twice in train");
@@ -295,9 +308,25 @@ fn split_halves_are_disjoint_sized_and_seeded() {
             .collect::<Vec<_>>()
     );
     // Deterministic for a seed, different for another.
-    let again = split_suite(&root, &CommonsenseTask::ALL, 7, None, None).unwrap();
+    let again = split_suite(
+        &root,
+        &CommonsenseTask::ALL,
+        7,
+        None,
+        None,
+        PromptFormat::LlmAdapters,
+    )
+    .unwrap();
     assert_eq!((&again.train, &again.eval), (&s.train, &s.eval));
-    let other = split_suite(&root, &CommonsenseTask::ALL, 8, None, None).unwrap();
+    let other = split_suite(
+        &root,
+        &CommonsenseTask::ALL,
+        8,
+        None,
+        None,
+        PromptFormat::LlmAdapters,
+    )
+    .unwrap();
     assert_ne!(keys(&other.train), keys(&s.train));
     // A subset of tasks, listed out of order and twice, gives the same halves for those tasks,
     // in ALL order.
@@ -306,7 +335,7 @@ fn split_halves_are_disjoint_sized_and_seeded() {
         CommonsenseTask::Piqa,
         CommonsenseTask::Openbookqa,
     ];
-    let sub = split_suite(&root, &some, 7, None, None).unwrap();
+    let sub = split_suite(&root, &some, 7, None, None, PromptFormat::LlmAdapters).unwrap();
     let only = |qs: &[ChoiceQuestion]| -> Vec<(CommonsenseTask, usize)> {
         keys(qs)
             .into_iter()
@@ -321,13 +350,21 @@ fn split_halves_are_disjoint_sized_and_seeded() {
 fn caps_give_nested_prefixes() {
     let root = root();
     let tasks = [CommonsenseTask::ArcChallenge, CommonsenseTask::Winogrande];
-    let full = split_suite(&root, &tasks, 3, None, None).unwrap();
+    let full = split_suite(&root, &tasks, 3, None, None, PromptFormat::LlmAdapters).unwrap();
     let per_task = |qs: &[ChoiceQuestion], t: CommonsenseTask| -> Vec<usize> {
         qs.iter().filter(|q| q.task == t).map(|q| q.row).collect()
     };
     let mut previous: Option<(Vec<ChoiceQuestion>, Vec<ChoiceQuestion>)> = None;
     for (tc, ec) in [(500, 1000), (100, 40), (10, 5), (0, 1)] {
-        let s = split_suite(&root, &tasks, 3, Some(tc), Some(ec)).unwrap();
+        let s = split_suite(
+            &root,
+            &tasks,
+            3,
+            Some(tc),
+            Some(ec),
+            PromptFormat::LlmAdapters,
+        )
+        .unwrap();
         for t in tasks {
             let (train, eval) = (per_task(&s.train, t), per_task(&s.eval, t));
             let (ftrain, feval) = (per_task(&full.train, t), per_task(&full.eval, t));
@@ -456,8 +493,9 @@ fn a_missing_field_names_the_folder_row_and_field() {
         CommonsenseTask::Piqa,
         &piqa(&[("g", "a", "b", 0), ("g2", "c", "d", 1)], &["sol2"]),
     );
-    let (path, row, field, message) =
-        field_error(load_task(dir.path(), CommonsenseTask::Piqa).unwrap_err());
+    let (path, row, field, message) = field_error(
+        load_task(dir.path(), CommonsenseTask::Piqa, PromptFormat::LlmAdapters).unwrap_err(),
+    );
     assert_eq!((path, row, field.as_str()), (folder.clone(), 0, "sol2"));
     assert!(
         message.contains("missing") && message.contains("`sol1`"),
@@ -470,7 +508,7 @@ fn a_missing_field_names_the_folder_row_and_field() {
         CommonsenseTask::Piqa,
         &piqa(&[("g", " a ", "b", 0), ("g2", "c", "d", 1)], &[]),
     );
-    let qs = load_task(dir.path(), CommonsenseTask::Piqa).unwrap();
+    let qs = load_task(dir.path(), CommonsenseTask::Piqa, PromptFormat::LlmAdapters).unwrap();
     assert_eq!(qs[0].choices, [" a", " b"]);
     assert_eq!((qs[1].answer, qs[1].target()), (1, " d"));
 
@@ -483,8 +521,14 @@ fn a_missing_field_names_the_folder_row_and_field() {
             ("answer", strings(&["true", "false"])),
         ]),
     );
-    let (path, row, field, message) =
-        field_error(load_task(dir.path(), CommonsenseTask::Boolq).unwrap_err());
+    let (path, row, field, message) = field_error(
+        load_task(
+            dir.path(),
+            CommonsenseTask::Boolq,
+            PromptFormat::LlmAdapters,
+        )
+        .unwrap_err(),
+    );
     assert_eq!((path, row, field.as_str()), (folder, 0, "answer"));
     assert!(
         message.contains("a string, expected a boolean"),
@@ -501,8 +545,9 @@ fn a_bad_answer_names_the_row_and_field() {
         CommonsenseTask::Piqa,
         &piqa(&[("g", "a", "b", 0), ("g", "a", "b", 2)], &[]),
     );
-    let (path, row, field, message) =
-        field_error(load_task(dir.path(), CommonsenseTask::Piqa).unwrap_err());
+    let (path, row, field, message) = field_error(
+        load_task(dir.path(), CommonsenseTask::Piqa, PromptFormat::LlmAdapters).unwrap_err(),
+    );
     assert_eq!((path, row, field.as_str()), (folder, 1, "label"));
     assert!(message.contains("0 or 1"), "{message}");
 
@@ -524,8 +569,14 @@ fn a_bad_answer_names_the_row_and_field() {
         CommonsenseTask::ArcEasy,
         &arc("E", &[good, good, (&["x", "y"], &["1", "2"])]),
     );
-    let (path, row, field, message) =
-        field_error(load_task(dir.path(), CommonsenseTask::ArcEasy).unwrap_err());
+    let (path, row, field, message) = field_error(
+        load_task(
+            dir.path(),
+            CommonsenseTask::ArcEasy,
+            PromptFormat::LlmAdapters,
+        )
+        .unwrap_err(),
+    );
     assert_eq!((path, row, field.as_str()), (folder, 2, "answerKey"));
     assert!(
         message.contains("\"E\" is not one of the labels \"1\", \"2\""),
@@ -537,7 +588,12 @@ fn a_bad_answer_names_the_row_and_field() {
         CommonsenseTask::ArcEasy,
         &arc("2", &[good, good, (&["x", "y"], &["1", "2"])]),
     );
-    let qs = load_task(dir.path(), CommonsenseTask::ArcEasy).unwrap();
+    let qs = load_task(
+        dir.path(),
+        CommonsenseTask::ArcEasy,
+        PromptFormat::LlmAdapters,
+    )
+    .unwrap();
     assert_eq!((qs[2].answer, qs[2].target()), (1, " y"));
     assert!(
         qs[0]
@@ -551,8 +607,14 @@ fn a_bad_answer_names_the_row_and_field() {
         CommonsenseTask::ArcEasy,
         &arc("A", &[good, (&["x"], &["A"])]),
     );
-    let (_, row, field, message) =
-        field_error(load_task(dir.path(), CommonsenseTask::ArcEasy).unwrap_err());
+    let (_, row, field, message) = field_error(
+        load_task(
+            dir.path(),
+            CommonsenseTask::ArcEasy,
+            PromptFormat::LlmAdapters,
+        )
+        .unwrap_err(),
+    );
     assert_eq!((row, field.as_str()), (1, "choices.text"));
     assert!(message.contains("at least 2"), "{message}");
     write_folder(
@@ -560,8 +622,14 @@ fn a_bad_answer_names_the_row_and_field() {
         CommonsenseTask::ArcEasy,
         &arc("A", &[(&["x", " ", "z"], &["A", "B", "C"])]),
     );
-    let (_, row, field, message) =
-        field_error(load_task(dir.path(), CommonsenseTask::ArcEasy).unwrap_err());
+    let (_, row, field, message) = field_error(
+        load_task(
+            dir.path(),
+            CommonsenseTask::ArcEasy,
+            PromptFormat::LlmAdapters,
+        )
+        .unwrap_err(),
+    );
     assert_eq!((row, field.as_str()), (0, "choices.text[1]"));
     assert!(message.contains("empty"), "{message}");
 
@@ -578,8 +646,14 @@ fn a_bad_answer_names_the_row_and_field() {
             ("label", strings(&["0"])),
         ]),
     );
-    let (path, row, field, message) =
-        field_error(load_task(dir.path(), CommonsenseTask::SocialIqa).unwrap_err());
+    let (path, row, field, message) = field_error(
+        load_task(
+            dir.path(),
+            CommonsenseTask::SocialIqa,
+            PromptFormat::LlmAdapters,
+        )
+        .unwrap_err(),
+    );
     assert_eq!((path, row, field.as_str()), (folder, 0, "label"));
     assert!(message.contains("\"1\", \"2\", \"3\""), "{message}");
 }
@@ -606,7 +680,12 @@ fn hellaswag_endings_as_a_large_list_and_a_label_out_of_range() {
         ])
     };
     write_folder(dir.path(), CommonsenseTask::Hellaswag, &hs("1"));
-    let q = &load_task(dir.path(), CommonsenseTask::Hellaswag).unwrap()[0];
+    let q = &load_task(
+        dir.path(),
+        CommonsenseTask::Hellaswag,
+        PromptFormat::LlmAdapters,
+    )
+    .unwrap()[0];
     assert_eq!(q.choices, [" goes home.", " stays.", " sleeps", " eats"]);
     assert_eq!(q.answer, 1);
     assert!(
@@ -617,8 +696,14 @@ fn hellaswag_endings_as_a_large_list_and_a_label_out_of_range() {
         q.prompt
     );
     let folder = write_folder(dir.path(), CommonsenseTask::Hellaswag, &hs("4"));
-    let (path, row, field, message) =
-        field_error(load_task(dir.path(), CommonsenseTask::Hellaswag).unwrap_err());
+    let (path, row, field, message) = field_error(
+        load_task(
+            dir.path(),
+            CommonsenseTask::Hellaswag,
+            PromptFormat::LlmAdapters,
+        )
+        .unwrap_err(),
+    );
     assert_eq!((path, row, field.as_str()), (folder, 0, "label"));
     assert!(message.contains("\"4\" is not a choice"), "{message}");
 }
@@ -627,19 +712,110 @@ fn hellaswag_endings_as_a_large_list_and_a_label_out_of_range() {
 fn a_missing_root_or_folder_suggests_fetch_assets() {
     let dir = tempfile::tempdir().unwrap();
     let gone = dir.path().join("no_such_hf_datasets");
-    let e = load_task(&gone, CommonsenseTask::Boolq)
+    let e = load_task(&gone, CommonsenseTask::Boolq, PromptFormat::LlmAdapters)
         .unwrap_err()
         .to_string();
     assert!(
         e.contains("no_such_hf_datasets") && e.contains("scripts/fetch-assets commonsense"),
         "{e}"
     );
-    let e = split_suite(dir.path(), &[CommonsenseTask::Winogrande], 0, None, None)
-        .unwrap_err()
-        .to_string();
+    let e = split_suite(
+        dir.path(),
+        &[CommonsenseTask::Winogrande],
+        0,
+        None,
+        None,
+        PromptFormat::LlmAdapters,
+    )
+    .unwrap_err()
+    .to_string();
     assert!(
         e.contains("winogrande/winogrande_xl/validation")
             && e.contains("scripts/fetch-assets commonsense"),
         "{e}"
     );
+}
+
+/// SHA-256 of every task's requests in the harness format, written as
+/// python/check/lm_eval_harness.py writes them from lm-evaluation-harness itself (the `lm-eval`
+/// 0.4.13 package's task configs on the same local data): per choice `context \x1f
+/// continuation \x1f norm_length`, choices joined by `\x1e`, then `\x1d gold \n`, rows in file
+/// order. The digests below were printed by that script (command in its docstring).
+fn harness_digest(questions: &[ChoiceQuestion]) -> String {
+    let mut h = Sha256::new();
+    for q in questions {
+        let parts: Vec<String> = (0..q.choices.len())
+            .map(|j| {
+                format!(
+                    "{}\x1f{}\x1f{}",
+                    q.prompt_of(j),
+                    q.choices[j],
+                    q.norm_lengths[j]
+                )
+            })
+            .collect();
+        h.update(format!("{}\x1d{}\n", parts.join("\x1e"), q.answer).as_bytes());
+    }
+    format!("{:x}", h.finalize())
+}
+
+const HARNESS_DIGESTS: [(CommonsenseTask, &str); 8] = [
+    (
+        CommonsenseTask::Boolq,
+        "89fde35fd6b7dc7598e2bb280669f3bbc0473179393b55406610bf9c04462ba5",
+    ),
+    (
+        CommonsenseTask::Piqa,
+        "3b9d20872644a50a612a1ddb9b18d7a704fa70b2920064d88d8362277fa6f215",
+    ),
+    (
+        CommonsenseTask::SocialIqa,
+        "e01f00139bd8062736bfe6e601aa0e15f9ec0ed02f9db37a350cfe1147fef140",
+    ),
+    (
+        CommonsenseTask::Hellaswag,
+        "874b597b2e532d10d60e79865232a04f5c2e51e96cf15053feb5fc484f2058c8",
+    ),
+    (
+        CommonsenseTask::Winogrande,
+        "0fe28b74b229a1e52885bbf112ae6561db17423dc90a9b1bb713d1364ca6bd45",
+    ),
+    (
+        CommonsenseTask::ArcEasy,
+        "19b23afb49b2a026e09f2708825c8ca5ad166c06e7ea54e43deb5895589b2512",
+    ),
+    (
+        CommonsenseTask::ArcChallenge,
+        "2198f410293ab77518f70f672edcd6567fadf85b58657b9410020d7838576dcf",
+    ),
+    (
+        CommonsenseTask::Openbookqa,
+        "e9dc78c4cfa12e4a3fbd4b22a0b1ae89f6fe1a78e3ac087e1635a00f9df0ca7b",
+    ),
+];
+
+/// `--format harness` builds, for every row of every task, the requests lm-evaluation-harness
+/// builds: the same contexts, continuations, gold choice and acc_norm normaliser.
+#[test]
+fn harness_prompts_match_lm_evaluation_harness() {
+    let mut wrong = Vec::new();
+    for (task, want) in HARNESS_DIGESTS {
+        let qs = load_task(&root(), task, PromptFormat::Harness).unwrap();
+        let got = harness_digest(&qs);
+        if got != want {
+            wrong.push(format!("{}: {got}", task.name()));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "harness requests differ from lm-evaluation-harness's (diff question by question with \
+         python/check/lm_eval_harness.py): {wrong:?}"
+    );
+    // WinoGrande: the options change the context, the rest of the sentence is the one
+    // continuation.
+    let wino = load_task(&root(), CommonsenseTask::Winogrande, PromptFormat::Harness).unwrap();
+    let q = &wino[0];
+    assert_eq!(q.choice_prompts.len(), 2);
+    assert_eq!(q.choices[0], q.choices[1]);
+    assert!(q.prompt.is_empty());
 }

@@ -5,7 +5,7 @@
 mod common;
 
 use common::{golden_with_args, max_abs_diff, repo_root, smollm2};
-use flexlora::data::commonsense::{CommonsenseTask, split_suite};
+use flexlora::data::commonsense::{CommonsenseTask, PromptFormat, split_suite};
 use flexlora::lm::score::pick;
 use flexlora::lm::{
     EncodedQuestion, GenerateOptions, LmTokenizer, Sampling, generate, score_question,
@@ -67,7 +67,15 @@ fn zero_shot_scores_of_an_arc_slice_equal_transformers() {
     let tokenizer = LmTokenizer::from_folder(&smollm2()).unwrap();
     let root = repo_root().join("assets/hf_datasets");
     // A fixed slice: the first 8 evaluation questions of ARC-Easy (split seed 0).
-    let split = split_suite(&root, &[CommonsenseTask::ArcEasy], 0, Some(0), Some(8)).unwrap();
+    let split = split_suite(
+        &root,
+        &[CommonsenseTask::ArcEasy],
+        0,
+        Some(0),
+        Some(8),
+        PromptFormat::LlmAdapters,
+    )
+    .unwrap();
     assert_eq!(split.eval.len(), 8);
     let spec: Vec<serde_json::Value> = split
         .eval
@@ -90,7 +98,7 @@ fn zero_shot_scores_of_an_arc_slice_equal_transformers() {
                 r[0]
             );
             assert_eq!(s.tokens as f64, r[1], "question {k}: choice token counts");
-            assert_eq!(s.bytes as f64, r[2], "question {k}: choice lengths");
+            assert_eq!(s.norm_length as f64, r[2], "question {k}: choice lengths");
         }
         for (n, normalise) in [false, true].into_iter().enumerate() {
             let as_scores: Vec<_> = scores
@@ -110,4 +118,48 @@ fn zero_shot_scores_of_an_arc_slice_equal_transformers() {
         ours[0], ours[1], theirs
     );
     assert_eq!(ours, theirs, "accuracy differs from transformers' scoring");
+}
+
+/// The harness format scored as lm-evaluation-harness's HFLM scores it (its pair encoding and
+/// acc_norm lengths, written independently in python/golden/llama.py): BoolQ's passages, ARC's
+/// shared contexts, and WinoGrande's per-choice contexts, which take the one-choice-at-a-time
+/// path of `score_question`.
+#[test]
+fn harness_format_scores_equal_transformers() {
+    let model = LlamaModel::from_folder(&smollm2(), Device::Cpu).unwrap();
+    let tokenizer = LmTokenizer::from_folder(&smollm2()).unwrap();
+    let root = repo_root().join("assets/hf_datasets");
+    let tasks = [
+        CommonsenseTask::Boolq,
+        CommonsenseTask::Winogrande,
+        CommonsenseTask::ArcEasy,
+    ];
+    let split = split_suite(&root, &tasks, 0, Some(0), Some(3), PromptFormat::Harness).unwrap();
+    assert_eq!(split.eval.len(), 9);
+    assert!(split.eval.iter().any(|q| !q.choice_prompts.is_empty()));
+    let spec: Vec<serde_json::Value> = split
+        .eval
+        .iter()
+        .map(|q| {
+            json!({"prompt": q.prompt, "choices": q.choices, "harness": true,
+                   "contexts": q.choice_prompts})
+        })
+        .collect();
+    let want = golden(json!({"score": spec}), &[]);
+    for (k, q) in split.eval.iter().enumerate() {
+        let encoded = EncodedQuestion::new(&tokenizer, q).unwrap();
+        let scores = score_question(&model, &encoded).unwrap();
+        for (j, s) in scores.iter().enumerate() {
+            let r: Vec<f64> = Vec::try_from(&want[&format!("score.{k}")].get(j as i64)).unwrap();
+            let what = format!("{} row {} choice {j}", q.task.name(), q.row);
+            assert!(
+                (s.logprob - r[0]).abs() <= 1e-3,
+                "{what}: log-likelihood {} vs transformers {}",
+                s.logprob,
+                r[0]
+            );
+            assert_eq!(s.tokens as f64, r[1], "{what}: continuation token counts");
+            assert_eq!(s.norm_length as f64, r[2], "{what}: acc_norm lengths");
+        }
+    }
 }

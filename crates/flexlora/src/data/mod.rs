@@ -266,6 +266,7 @@ mod tests {
             tasks: None,
             train_per_task: None,
             eval_per_task: None,
+            prompt_format: Default::default(),
         }
     }
 

@@ -69,6 +69,17 @@ pub fn generate(
     prompt: &[i64],
     opts: &GenerateOptions,
 ) -> Result<Vec<i64>, LmError> {
+    generate_streaming(model, prompt, opts, |_| {})
+}
+
+/// As [`generate`], calling `on_token` with each new token as soon as it is chosen (for
+/// printing text while it is generated).
+pub fn generate_streaming(
+    model: &LlamaModel,
+    prompt: &[i64],
+    opts: &GenerateOptions,
+    mut on_token: impl FnMut(i64),
+) -> Result<Vec<i64>, LmError> {
     check_tokens(model, prompt, opts.max_new_tokens)?;
     if let Sampling::Sample {
         temperature, top_p, ..
@@ -113,6 +124,7 @@ pub fn generate(
             };
             sequence.push(next);
             new.push(next);
+            on_token(next);
             if opts.stop_tokens.contains(&next) {
                 break;
             }

@@ -1,18 +1,22 @@
 //! Causal language models: generation, log-likelihood scoring of multiple-choice questions,
 //! and fine-tuning with adapters on answer tokens (the commonsense-reasoning suite).
 
+pub mod chat;
 pub mod commands;
+pub mod eval;
 pub mod generate;
 pub mod model;
 pub mod score;
 pub mod tokens;
 pub mod train;
 
-pub use generate::{GenerateOptions, Sampling, check_tokens, generate};
+pub use chat::{ChatMessage, ChatTemplate, read_conversation};
+pub use eval::{LmEvalOptions, lm_eval};
+pub use generate::{GenerateOptions, Sampling, check_tokens, generate, generate_streaming};
 pub use model::LmModel;
 pub use score::{ChoiceScore, TaskAccuracy, accuracies, score_all, score_question};
 pub use tokens::{EncodedQuestion, LmTokenizer};
-pub use train::{LmSummary, lm_eval, train_lm};
+pub use train::{LmSummary, train_lm};
 
 use indicatif::{ProgressBar, ProgressStyle};
 

@@ -1,10 +1,14 @@
 //! Multiple-choice scoring by log-likelihood, as lm-evaluation-harness scores its
 //! `multiple_choice` tasks: each choice's score is `Σ log p(choice token | everything before)`
 //! over the choice's tokens; `acc` picks the highest sum, `acc_norm` the highest sum divided by
-//! the choice's length in bytes (so long choices are not penalised for their length).
+//! the choice's length (UTF-8 bytes in the LLM-Adapters format, characters of the choice text
+//! in the harness format, as lm-evaluation-harness's `acc_norm`), so long choices are not
+//! penalised for their length.
 //!
 //! The prompt runs once; its keys and values are then shared by all choices (one batch of
-//! continuations on the cached prompt), so a question costs one prompt plus its choices.
+//! continuations on the cached prompt), so a question costs one prompt plus its choices. A
+//! question whose choices have prompts of their own (WinoGrande in the harness format) is
+//! scored one choice at a time.
 
 use super::tokens::EncodedQuestion;
 use super::{LmError, check_tokens};
@@ -20,15 +24,15 @@ pub struct ChoiceScore {
     pub logprob: f64,
     /// Its tokens.
     pub tokens: usize,
-    /// Its length in bytes.
-    pub bytes: usize,
+    /// acc_norm's normaliser: its length (module docs).
+    pub norm_length: usize,
 }
 
 /// The choice with the highest score (the first on ties, as `argmax`): by summed
-/// log-probability, or with `normalise` by log-probability per byte.
+/// log-probability, or with `normalise` by log-probability per unit of length.
 pub fn pick(scores: &[ChoiceScore], normalise: bool) -> usize {
     let value = |s: &ChoiceScore| match normalise {
-        true => s.logprob / s.bytes.max(1) as f64,
+        true => s.logprob / s.norm_length.max(1) as f64,
         false => s.logprob,
     };
     let mut best = 0;
@@ -45,6 +49,21 @@ pub fn score_question(
     model: &LlamaModel,
     q: &EncodedQuestion,
 ) -> Result<Vec<ChoiceScore>, LmError> {
+    if !q.choice_prompts.is_empty() {
+        let mut scores = Vec::with_capacity(q.choices.len());
+        for j in 0..q.choices.len() {
+            let single = EncodedQuestion {
+                prompt: q.prompt_of(j).to_vec(),
+                choice_prompts: Vec::new(),
+                choices: vec![q.choices[j].clone()],
+                norm_lengths: vec![q.norm_lengths[j]],
+                answer: 0,
+                ..*q
+            };
+            scores.extend(score_question(model, &single)?);
+        }
+        return Ok(scores);
+    }
     let longest = q.choices.iter().map(Vec::len).max().unwrap_or(0);
     check_tokens(model, &q.prompt, longest)
         .map_err(|e| LmError::Input(format!("{} row {}: {e}", q.task.name(), q.row)))?;
@@ -111,11 +130,11 @@ pub fn score_question(
     });
     Ok(sums
         .into_iter()
-        .zip(q.choices.iter().zip(&q.choice_bytes))
-        .map(|(logprob, (c, &bytes))| ChoiceScore {
+        .zip(q.choices.iter().zip(&q.norm_lengths))
+        .map(|(logprob, (c, &norm_length))| ChoiceScore {
             logprob,
             tokens: c.len(),
-            bytes,
+            norm_length,
         })
         .collect())
 }
@@ -129,7 +148,7 @@ pub struct TaskAccuracy {
     pub questions: usize,
     /// Share answered right by summed log-probability.
     pub acc: f64,
-    /// Share answered right by log-probability per byte.
+    /// Share answered right by length-normalised log-probability.
     pub acc_norm: f64,
 }
 

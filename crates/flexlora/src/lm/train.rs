@@ -108,6 +108,7 @@ pub fn load_questions(
         d.split_seed,
         cap(d.train_per_task),
         cap(d.eval_per_task),
+        d.prompt_format,
     )?;
     let tokenizer = LmTokenizer::from_folder(&config.model.path)?;
     let encode = |qs: &[crate::data::commonsense::ChoiceQuestion]| {
@@ -255,7 +256,8 @@ pub(crate) fn training_sequences(
     let sequences = questions
         .iter()
         .filter_map(|q| {
-            let mut ids = q.prompt.clone();
+            let prompt = q.prompt_of(q.answer);
+            let mut ids = prompt.to_vec();
             ids.extend(&q.choices[q.answer]);
             ids.extend(eos);
             if ids.len() as i64 > max_len {
@@ -263,7 +265,7 @@ pub(crate) fn training_sequences(
                 return None;
             }
             Some(Sequence {
-                answer_start: q.prompt.len(),
+                answer_start: prompt.len(),
                 ids,
             })
         })
@@ -283,7 +285,12 @@ fn check_tokens_fit(
     if let Some(bad) = sequences
         .iter()
         .flat_map(|s| s.ids.iter())
-        .chain(scored().flat_map(|q| q.prompt.iter().chain(q.choices.iter().flatten())))
+        .chain(scored().flat_map(|q| {
+            q.prompt
+                .iter()
+                .chain(q.choice_prompts.iter().flatten())
+                .chain(q.choices.iter().flatten())
+        }))
         .find(|&&t| t < 0 || t >= vocab)
     {
         bail!(
@@ -404,37 +411,4 @@ pub fn write_outcomes(path: &Path, outcomes: &[super::score::Outcome]) -> anyhow
     }
     crate::io::write_atomic(path, |w| std::io::Write::write_all(w, text.as_bytes()))
         .with_context(|| format!("writing {}", path.display()))
-}
-
-/// `flexlora lm-eval`: scores the evaluation questions of `config` with the base model
-/// (zero-shot) or, with `run`, with that decoder run's adapters; prints the table and writes
-/// `output` (JSON: the table and every question's scores) when given.
-pub fn lm_eval(
-    config: &Config,
-    run: Option<&Path>,
-    output: Option<&Path>,
-    quiet: bool,
-) -> anyhow::Result<Vec<TaskAccuracy>> {
-    crate::train::set_threads(config.training.threads);
-    let device = crate::device::parse_device(&config.training.device)?;
-    let (_, questions) = load_questions(config)?;
-    let model = match run {
-        Some(r) => LmModel::from_run(r, device)?.1.model,
-        None => crate::models::LlamaModel::from_folder(&config.model.path, device)?,
-    };
-    let started = Instant::now();
-    let outcomes = score_all(&model, &questions, quiet)?;
-    let seconds = started.elapsed().as_secs_f64();
-    let table = accuracies(&outcomes);
-    print!("{}", markdown_table(&table));
-    if let Some(path) = output {
-        let value = serde_json::json!({
-            "model": config.model.path, "run": run, "tasks": table,
-            "eval_seconds": seconds, "outcomes": outcomes,
-        });
-        let text = serde_json::to_string_pretty(&value)?;
-        crate::io::write_atomic(path, |w| std::io::Write::write_all(w, text.as_bytes()))
-            .with_context(|| format!("writing {}", path.display()))?;
-    }
-    Ok(table)
 }

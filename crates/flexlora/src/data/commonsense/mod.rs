@@ -58,6 +58,28 @@
 //! double space by one space (one left-to-right pass, as Python's `str.replace`). Choices
 //! are trimmed after this.
 //!
+//! # The harness format
+//! With [`PromptFormat::Harness`] (`data.prompt_format = "harness"`, `flexlora lm-eval
+//! --format harness`) every row becomes the zero-shot requests of lm-evaluation-harness's task
+//! configs, so that scores compare with published ones. Fields are used as stored (not
+//! trimmed); each continuation is `" " + choice`:
+//!
+//! | task | context | choices | answer | harness metrics |
+//! |------|---------|---------|--------|-----------------|
+//! | boolq | `{passage}\nQuestion: {question}?\nAnswer:` | `no`, `yes` | `answer` true → `yes` | acc |
+//! | piqa | `Question: {goal}\nAnswer:` | `sol1`, `sol2` | `label` | acc, acc_norm |
+//! | social_i_qa | `Q: {context} {question}\nA:` | `answerA`–`answerC` | `label` − 1 | acc |
+//! | hellaswag | the preprocessed `{activity_label}: {ctx}` (above) | preprocessed `endings` | `label` | acc, acc_norm |
+//! | winogrande | `sentence` up to its `_`, followed by each option (one context per choice) | one continuation: the rest of the sentence after `_`, trimmed | `answer` − 1 | acc |
+//! | arc_easy, arc_challenge | `Question: {question}\nAnswer:` | `choices.text` | `answerKey` in `choices.label` | acc, acc_norm |
+//! | openbookqa | `{question_stem}` | `choices.text` | `answerKey` (leading space stripped) in `choices.label` | acc, acc_norm |
+//!
+//! acc_norm divides each choice's log-likelihood by the choice's length in characters (the
+//! harness's `len(choice)`; for WinoGrande the length of its context); the LLM-Adapters format
+//! divides by UTF-8 bytes of `" " + text`. Every task reports both; the last column says which
+//! the harness itself reports. tests/commonsense_data.rs checks every row against the harness
+//! (`python/check/lm_eval_harness.py` prints its requests).
+//!
 //! # Split
 //! [`split_suite`] shuffles each task's rows with [`shuffled_indices`]`(n,
 //! `[`derive_seed`]`(seed, k))`, `k` the task's position in [`CommonsenseTask::ALL`] (so each
@@ -73,6 +95,7 @@
 //! folder, the 0-based row and the field. A missing folder is a [`DataError::Config`] naming
 //! it and `scripts/fetch-assets commonsense`. Bad data never panics.
 
+mod harness;
 mod templates;
 
 use super::{DataError, derive_seed, shuffled_indices};
@@ -157,6 +180,34 @@ impl CommonsenseTask {
     }
 }
 
+/// How a task's rows become prompts and choices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PromptFormat {
+    /// The LLM-Adapters instruction templates the FlexLoRA paper trained and scored with.
+    #[default]
+    LlmAdapters,
+    /// lm-evaluation-harness's zero-shot prompts, whose scores compare with published ones.
+    Harness,
+}
+
+impl PromptFormat {
+    /// `llm-adapters` or `harness`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::LlmAdapters => "llm-adapters",
+            Self::Harness => "harness",
+        }
+    }
+
+    /// The format called `name`, if any.
+    pub fn from_name(name: &str) -> Option<Self> {
+        [Self::LlmAdapters, Self::Harness]
+            .into_iter()
+            .find(|f| f.name() == name)
+    }
+}
+
 /// One multiple-choice question rendered with its task's prompt template.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ChoiceQuestion {
@@ -164,10 +215,18 @@ pub struct ChoiceQuestion {
     pub task: CommonsenseTask,
     /// Its 0-based row in the task's folder.
     pub row: usize,
-    /// The prompt (module docs); it ends with "the correct answer is".
+    /// The format it was rendered in.
+    pub format: PromptFormat,
+    /// The prompt every choice continues (module docs); empty when each choice has its own.
     pub prompt: String,
-    /// The choices, each `" " + text` (at least two).
+    /// Per-choice prompts, for a task whose choices change the context rather than the
+    /// continuation (WinoGrande in the harness format); empty otherwise.
+    pub choice_prompts: Vec<String>,
+    /// The choices (continuations), each `" " + text` (at least two).
     pub choices: Vec<String>,
+    /// acc_norm's normaliser per choice: UTF-8 bytes of the choice in the LLM-Adapters
+    /// format, characters of the choice text in the harness format (as the harness).
+    pub norm_lengths: Vec<usize>,
     /// The index of the correct choice.
     pub answer: usize,
 }
@@ -176,6 +235,11 @@ impl ChoiceQuestion {
     /// The correct choice, `choices[answer]`.
     pub fn target(&self) -> &str {
         &self.choices[self.answer]
+    }
+
+    /// The prompt choice `j` continues.
+    pub fn prompt_of(&self, j: usize) -> &str {
+        self.choice_prompts.get(j).unwrap_or(&self.prompt)
     }
 }
 
@@ -192,8 +256,13 @@ const PREAMBLE: &str = "Below is an instruction that describes a task. Write a r
                         appropriately completes the request.\n\n### Instruction:\n";
 const RESPONSE: &str = "\n\n### Response:\nthe correct answer is";
 
-/// Every row of `task`'s folder under `root` as a question (rules in the module docs).
-pub fn load_task(root: &Path, task: CommonsenseTask) -> Result<Vec<ChoiceQuestion>, DataError> {
+/// Every row of `task`'s folder under `root` as a question in `format` (rules in the module
+/// docs).
+pub fn load_task(
+    root: &Path,
+    task: CommonsenseTask,
+    format: PromptFormat,
+) -> Result<Vec<ChoiceQuestion>, DataError> {
     if !root.is_dir() {
         return Err(DataError::Config {
             path: root.to_path_buf(),
@@ -224,13 +293,33 @@ pub fn load_task(root: &Path, task: CommonsenseTask) -> Result<Vec<ChoiceQuestio
                 row,
                 object,
             };
-            let (instruction, choices, answer) = render(task, &r)?;
-            Ok(ChoiceQuestion {
-                task,
-                row,
-                prompt: format!("{PREAMBLE}{instruction}{RESPONSE}"),
-                choices,
-                answer,
+            Ok(match format {
+                PromptFormat::LlmAdapters => {
+                    let (instruction, choices, answer) = render(task, &r)?;
+                    ChoiceQuestion {
+                        task,
+                        row,
+                        format,
+                        prompt: format!("{PREAMBLE}{instruction}{RESPONSE}"),
+                        choice_prompts: Vec::new(),
+                        norm_lengths: choices.iter().map(String::len).collect(),
+                        choices,
+                        answer,
+                    }
+                }
+                PromptFormat::Harness => {
+                    let h = harness::render(task, &r)?;
+                    ChoiceQuestion {
+                        task,
+                        row,
+                        format,
+                        prompt: h.context,
+                        choice_prompts: h.choice_contexts,
+                        choices: h.continuations,
+                        norm_lengths: h.norm_lengths,
+                        answer: h.answer,
+                    }
+                }
             })
         })
         .collect()
@@ -244,6 +333,7 @@ pub fn split_suite(
     seed: u64,
     train_per_task: Option<usize>,
     eval_per_task: Option<usize>,
+    format: PromptFormat,
 ) -> Result<CommonsenseSplit, DataError> {
     let mut split = CommonsenseSplit {
         train: Vec::new(),
@@ -253,7 +343,7 @@ pub fn split_suite(
         .into_iter()
         .filter(|t| tasks.contains(t))
     {
-        let questions = load_task(root, task)?;
+        let questions = load_task(root, task, format)?;
         let n = questions.len();
         let order = shuffled_indices(n, derive_seed(seed, task.index() as u64));
         let (train, eval) = order.split_at(n / 2);
