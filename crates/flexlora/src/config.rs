@@ -332,7 +332,35 @@ pub struct DataConfig {
     /// default) or `"harness"` (lm-evaluation-harness's zero-shot prompts, comparable with
     /// published scores).
     #[serde(default)]
-    pub prompt_format: crate::data::commonsense::PromptFormat,
+    pub prompt_format: PromptFormat,
+}
+
+/// How the commonsense suite's rows become prompts and choices (`data.prompt_format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PromptFormat {
+    /// The LLM-Adapters instruction templates the FlexLoRA paper trained and scored with.
+    #[default]
+    LlmAdapters,
+    /// lm-evaluation-harness's zero-shot prompts, whose scores compare with published ones.
+    Harness,
+}
+
+impl PromptFormat {
+    /// `llm-adapters` or `harness`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::LlmAdapters => "llm-adapters",
+            Self::Harness => "harness",
+        }
+    }
+
+    /// The format called `name`, if any.
+    pub fn from_name(name: &str) -> Option<Self> {
+        [Self::LlmAdapters, Self::Harness]
+            .into_iter()
+            .find(|f| f.name() == name)
+    }
 }
 
 impl DataConfig {

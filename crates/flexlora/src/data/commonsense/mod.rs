@@ -98,6 +98,8 @@
 mod harness;
 mod templates;
 
+pub use crate::config::PromptFormat;
+
 use super::{DataError, derive_seed, shuffled_indices};
 use serde_json::{Map, Value};
 use std::path::Path;
@@ -177,34 +179,6 @@ impl CommonsenseTask {
     /// The task's position in [`CommonsenseTask::ALL`].
     fn index(self) -> usize {
         self as usize
-    }
-}
-
-/// How a task's rows become prompts and choices.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum PromptFormat {
-    /// The LLM-Adapters instruction templates the FlexLoRA paper trained and scored with.
-    #[default]
-    LlmAdapters,
-    /// lm-evaluation-harness's zero-shot prompts, whose scores compare with published ones.
-    Harness,
-}
-
-impl PromptFormat {
-    /// `llm-adapters` or `harness`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::LlmAdapters => "llm-adapters",
-            Self::Harness => "harness",
-        }
-    }
-
-    /// The format called `name`, if any.
-    pub fn from_name(name: &str) -> Option<Self> {
-        [Self::LlmAdapters, Self::Harness]
-            .into_iter()
-            .find(|f| f.name() == name)
     }
 }
 
