@@ -130,24 +130,7 @@ pub(super) fn render(task: CommonsenseTask, r: &Row) -> Result<HarnessRow, DataE
             } else {
                 format!("Question: {}\nAnswer:", r.raw("question")?)
             };
-            let c = match r.get("choices")? {
-                Value::Object(c) => c,
-                other => {
-                    return Err(r.err(
-                        "choices",
-                        format!(
-                            "is {}, expected a struct of `text` and `label` lists",
-                            kind(other)
-                        ),
-                    ));
-                }
-            };
-            let list = |name: &str| -> Result<Vec<&str>, DataError> {
-                let field = format!("choices.{name}");
-                let value = c.get(name).ok_or_else(|| r.err(&field, "missing".into()))?;
-                r.strs(&field, value)
-            };
-            let (texts, labels) = (list("text")?, list("label")?);
+            let (texts, labels) = r.labelled_choices()?;
             // OpenBookQA's target strips the key's leading whitespace; ARC's takes it as is.
             let key = r.raw("answerKey")?;
             let key = if task == T::Openbookqa {
@@ -155,22 +138,7 @@ pub(super) fn render(task: CommonsenseTask, r: &Row) -> Result<HarnessRow, DataE
             } else {
                 key
             };
-            let answer = labels.iter().position(|l| *l == key).ok_or_else(|| {
-                r.err(
-                    "answerKey",
-                    format!("\"{key}\" is not one of the labels {labels:?}"),
-                )
-            })?;
-            if labels.len() != texts.len() {
-                return Err(r.err(
-                    "choices.label",
-                    format!(
-                        "has {} labels for {} choice texts",
-                        labels.len(),
-                        texts.len()
-                    ),
-                ));
-            }
+            let answer = r.answer_position(&labels, key)?;
             shared(context, &texts, "choices.text", answer)
         }
     }

@@ -425,6 +425,66 @@ impl Row<'_> {
             .collect()
     }
 
+    /// ARC's and OpenBookQA's `choices` struct: its `text` and `label` lists as stored, of
+    /// equal length.
+    pub(crate) fn labelled_choices(&self) -> Result<(Vec<&str>, Vec<&str>), DataError> {
+        let c = match self.get("choices")? {
+            Value::Object(c) => c,
+            other => {
+                return Err(self.err(
+                    "choices",
+                    format!(
+                        "is {}, expected a struct of `text` and `label` lists",
+                        kind(other)
+                    ),
+                ));
+            }
+        };
+        let list = |name: &str| -> Result<Vec<&str>, DataError> {
+            let field = format!("choices.{name}");
+            let value = c
+                .get(name)
+                .ok_or_else(|| self.err(&field, "missing".into()))?;
+            self.strs(&field, value)
+        };
+        let (texts, labels) = (list("text")?, list("label")?);
+        if labels.len() != texts.len() {
+            return Err(self.err(
+                "choices.label",
+                format!(
+                    "has {} labels for {} choice texts",
+                    labels.len(),
+                    texts.len()
+                ),
+            ));
+        }
+        Ok((texts, labels))
+    }
+
+    /// The position of `key` (the `answerKey` field's value) among `labels`.
+    pub(crate) fn answer_position<S: AsRef<str>>(
+        &self,
+        labels: &[S],
+        key: &str,
+    ) -> Result<usize, DataError> {
+        labels
+            .iter()
+            .position(|l| l.as_ref() == key)
+            .ok_or_else(|| {
+                self.err(
+                    "answerKey",
+                    format!(
+                        "\"{key}\" is not one of the labels {}",
+                        labels
+                            .iter()
+                            .map(|l| format!("\"{}\"", l.as_ref()))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                )
+            })
+    }
+
     /// A 1-based (`base = 1`) or 0-based (`base = 0`) choice number written as a string.
     pub(crate) fn numbered(&self, field: &str, base: usize, n: usize) -> Result<usize, DataError> {
         let value = self.text(field)?;

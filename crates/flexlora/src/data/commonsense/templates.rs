@@ -116,53 +116,11 @@ pub(super) fn render(
             } else {
                 "question"
             })?;
-            let c = match r.get("choices")? {
-                Value::Object(c) => c,
-                other => {
-                    return Err(r.err(
-                        "choices",
-                        format!(
-                            "is {}, expected a struct of `text` and `label` lists",
-                            kind(other)
-                        ),
-                    ));
-                }
-            };
-            let list = |name: &str| -> Result<Vec<String>, DataError> {
-                let field = format!("choices.{name}");
-                let value = c.get(name).ok_or_else(|| r.err(&field, "missing".into()))?;
-                Ok(r.strs(&field, value)?
-                    .into_iter()
-                    .map(|s| s.trim().to_string())
-                    .collect())
-            };
-            let texts = list("text")?;
-            let labels = list("label")?;
-            if labels.len() != texts.len() {
-                return Err(r.err(
-                    "choices.label",
-                    format!(
-                        "has {} labels for {} choice texts",
-                        labels.len(),
-                        texts.len()
-                    ),
-                ));
-            }
+            let (texts, labels) = r.labelled_choices()?;
+            let texts: Vec<String> = texts.iter().map(|t| t.trim().to_string()).collect();
+            let labels: Vec<&str> = labels.iter().map(|l| l.trim()).collect();
             let choices = r.choices("choices.text", &texts, |j| format!("choices.text[{j}]"))?;
-            let key = r.text("answerKey")?;
-            let answer = labels.iter().position(|l| *l == key).ok_or_else(|| {
-                r.err(
-                    "answerKey",
-                    format!(
-                        "\"{key}\" is not one of the labels {}",
-                        labels
-                            .iter()
-                            .map(|l| format!("\"{l}\""))
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ),
-                )
-            })?;
+            let answer = r.answer_position(&labels, &r.text("answerKey")?)?;
             (
                 format!(
                     "Please choose the correct answer to the question: {question}\n\n{}",
