@@ -196,13 +196,6 @@ fn write_python_json(
     depth: usize,
     out: &mut String,
 ) -> Result<(), Error> {
-    let newline = |out: &mut String, depth: usize| {
-        if let Some(n) = indent {
-            out.push('\n');
-            out.push_str(&" ".repeat(n * depth));
-        }
-    };
-    let item_separator = if indent.is_some() { "," } else { ", " };
     let quoted = |s: &str| serde_json::Value::String(s.to_string()).to_string();
     match value.kind() {
         ValueKind::Undefined | ValueKind::None => out.push_str("null"),
@@ -211,35 +204,17 @@ fn write_python_json(
         ValueKind::String => out.push_str(&quoted(value.as_str().unwrap_or_default())),
         ValueKind::Seq | ValueKind::Iterable => {
             let items: Vec<Value> = value.try_iter()?.collect();
-            out.push('[');
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push_str(item_separator);
-                }
-                newline(out, depth + 1);
-                write_python_json(item, indent, depth + 1, out)?;
-            }
-            if !items.is_empty() {
-                newline(out, depth);
-            }
-            out.push(']');
+            write_bracketed(out, indent, depth, "[]", &items, |out, item| {
+                write_python_json(item, indent, depth + 1, out)
+            })?;
         }
         ValueKind::Map => {
             let keys: Vec<Value> = value.try_iter()?.collect();
-            out.push('{');
-            for (i, key) in keys.iter().enumerate() {
-                if i > 0 {
-                    out.push_str(item_separator);
-                }
-                newline(out, depth + 1);
+            write_bracketed(out, indent, depth, "{}", &keys, |out, key| {
                 out.push_str(&quoted(&key.to_string()));
                 out.push_str(": ");
-                write_python_json(&value.get_item(key)?, indent, depth + 1, out)?;
-            }
-            if !keys.is_empty() {
-                newline(out, depth);
-            }
-            out.push('}');
+                write_python_json(&value.get_item(key)?, indent, depth + 1, out)
+            })?;
         }
         other => {
             return Err(Error::new(
@@ -248,6 +223,38 @@ fn write_python_json(
             ));
         }
     }
+    Ok(())
+}
+
+/// Appends `brackets`' opening character, each of `items` written by `write` (separated and,
+/// with an indent, one per line as `json.dumps` lays them out), then the closing character.
+fn write_bracketed(
+    out: &mut String,
+    indent: Option<usize>,
+    depth: usize,
+    brackets: &str,
+    items: &[Value],
+    mut write: impl FnMut(&mut String, &Value) -> Result<(), Error>,
+) -> Result<(), Error> {
+    let newline = |out: &mut String, depth: usize| {
+        if let Some(n) = indent {
+            out.push('\n');
+            out.push_str(&" ".repeat(n * depth));
+        }
+    };
+    let mut chars = brackets.chars();
+    out.extend(chars.next());
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            out.push_str(if indent.is_some() { "," } else { ", " });
+        }
+        newline(out, depth + 1);
+        write(out, item)?;
+    }
+    if !items.is_empty() {
+        newline(out, depth);
+    }
+    out.extend(chars.next());
     Ok(())
 }
 
