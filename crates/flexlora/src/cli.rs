@@ -141,6 +141,9 @@ pub enum Command {
     /// Decoder training against transformers + PEFT on the same batch of commonsense training
     /// sequences, each side in its own process: peak memory, step time and first loss.
     BenchDecoder(crate::bench::decoder::BenchDecoderArgs),
+    /// Decoder inference against transformers (+ PEFT for an adapter): greedy generation
+    /// tokens/s and harness-format scoring questions/s, the sides alternating round by round.
+    BenchInference(crate::bench::inference::BenchInferenceArgs),
     /// Evaluate a finished run's best checkpoint on a split of its data.
     Eval {
         /// The run directory.
@@ -603,6 +606,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Generate(args) => crate::lm::commands::generate_command(&args),
         Command::BenchDecoder(args) => crate::bench::decoder::bench_decoder_command(args),
+        Command::BenchInference(args) => crate::bench::inference::bench_inference_command(args),
         Command::Eval {
             run,
             split,

@@ -1,6 +1,7 @@
 //! The real SmolLM2-135M-Instruct (converted from its GGUF by `scripts/fetch-assets llama`)
 //! against transformers: logits, greedy generation, and zero-shot scoring of a fixed slice of
-//! a commonsense task with the same template (per-choice log-likelihoods, acc and acc_norm).
+//! a commonsense task with the same template (per-choice log-likelihoods, acc and acc_norm),
+//! and `flexlora bench-inference` against transformers + PEFT.
 
 mod common;
 
@@ -162,4 +163,73 @@ fn harness_format_scores_equal_transformers() {
             assert_eq!(s.norm_length as f64, r[2], "{what}: acc_norm lengths");
         }
     }
+}
+
+/// `flexlora bench-inference` on the real SmolLM2 (one short round): flexlora's greedy tokens
+/// equal transformers' `generate` and every choice's log-probability equals transformers'
+/// scoring of the full sequence, for the base model and for a LoRA adapter that PEFT applies on
+/// the other side (which moves the scores far more than the two sides differ). Throughputs are
+/// reported, never asserted.
+#[test]
+fn inference_bench_sides_generate_and_score_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().join("bench");
+    let md = dir.path().join("inference.md");
+    let args: Vec<String> = [
+        "bench-inference",
+        "--prompts",
+        "2",
+        "--new-tokens",
+        "8",
+        "--questions",
+        "1",
+        "--rounds",
+        "1",
+        "--threads",
+        "1",
+        "--set",
+        &format!("model.path={:?}", smollm2().display().to_string()),
+        "--workdir",
+        &work.display().to_string(),
+        "--markdown",
+        &md.display().to_string(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let out = common::run_flexlora(&args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(work.join("inference-bench.json")).unwrap())
+            .unwrap();
+    // One question from each of the eight tasks (WinoGrande's per-choice contexts included).
+    assert_eq!(report["questions"], 8);
+    let rows = report["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 4);
+    for r in rows {
+        for k in ["tokens_per_second", "questions_per_second"] {
+            let x = r[k].as_f64().unwrap();
+            assert!(x.is_finite() && x > 0.0, "{r}");
+        }
+    }
+    for a in report["agreement"].as_array().unwrap() {
+        assert_eq!(a["same_tokens"].as_f64(), Some(1.0), "{a}");
+        assert_eq!(a["different_picks"], 0, "{a}");
+        let diff = a["max_logprob_diff"].as_f64().unwrap();
+        assert!(diff < 1e-3, "{a}");
+        if a["variant"] == "lora" {
+            for side in 0..2 {
+                assert!(
+                    a["vs_base"][side].as_f64().unwrap() > 100.0 * diff.max(1e-5),
+                    "{a}"
+                );
+            }
+        }
+    }
+    let text = std::fs::read_to_string(md).unwrap();
+    assert!(text.contains("| lora | transformers + PEFT |"), "{text}");
 }

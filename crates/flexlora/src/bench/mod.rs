@@ -15,6 +15,7 @@
 mod child;
 pub mod decoder;
 pub mod gemm;
+pub mod inference;
 mod python;
 mod report;
 
