@@ -5,15 +5,16 @@
 //! in the harness format, as lm-evaluation-harness's `acc_norm`), so long choices are not
 //! penalised for their length.
 //!
-//! The prompt runs once; its keys and values are then shared by all choices (one batch of
-//! continuations on the cached prompt), so a question costs one prompt plus its choices. A
-//! question whose choices have prompts of their own (WinoGrande in the harness format) is
-//! scored one choice at a time.
+//! The prompt runs once, packed into one row with every choice after it (each choice attending
+//! to the prompt and to itself only, at the positions that follow the prompt), so a question
+//! costs one forward of its prompt plus its choices, and the vocabulary projection runs only
+//! where a choice's token is predicted. A question whose choices have prompts of their own
+//! (WinoGrande in the harness format) is scored one choice at a time.
 
 use super::tokens::EncodedQuestion;
 use super::{LmError, check_tokens};
 use crate::data::commonsense::CommonsenseTask;
-use crate::models::{KvCache, LlamaModel};
+use crate::models::LlamaModel;
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
@@ -71,63 +72,7 @@ pub fn score_question(
         check_tokens(model, c, 0)
             .map_err(|e| LmError::Input(format!("{} row {}: {e}", q.task.name(), q.row)))?;
     }
-    let device = model.device();
-    let n = q.choices.len() as i64;
-    let sums = tch::no_grad(|| {
-        let mut cache = KvCache::new();
-        let prompt = Tensor::from_slice(&q.prompt).to_device(device).unsqueeze(0);
-        let hidden = model.forward(&prompt, None, Some(&mut cache), false);
-        let last = hidden.get(0).get(q.prompt.len() as i64 - 1);
-        // The first token of every choice is predicted by the prompt's last position.
-        let first = model.logits(&last).log_softmax(-1, Kind::Float);
-        let mut sums: Vec<f64> = q
-            .choices
-            .iter()
-            .map(|c| first.double_value(&[c[0]]))
-            .collect();
-        if longest > 1 {
-            // The rest by the choices' own positions: feed all but each choice's last token,
-            // right-padded (padding comes after every real token, so causal attention
-            // suffices).
-            let width = longest - 1;
-            let mut ids = vec![0i64; n as usize * width];
-            let (mut rows, mut targets, mut owner) = (Vec::new(), Vec::new(), Vec::new());
-            for (i, c) in q.choices.iter().enumerate() {
-                for t in 0..c.len() - 1 {
-                    ids[i * width + t] = c[t];
-                    rows.push((i * width + t) as i64);
-                    targets.push(c[t + 1]);
-                    owner.push(i);
-                }
-            }
-            if !rows.is_empty() {
-                cache.repeat_batch(n);
-                let input = Tensor::from_slice(&ids)
-                    .to_device(device)
-                    .view([n, width as i64]);
-                let h = model.forward(&input, None, Some(&mut cache), false);
-                let h = h
-                    .reshape([n * width as i64, -1])
-                    .index_select(0, &Tensor::from_slice(&rows).to_device(device));
-                let logp = model
-                    .logits(&h)
-                    .log_softmax(-1, Kind::Float)
-                    .gather(
-                        1,
-                        &Tensor::from_slice(&targets).to_device(device).unsqueeze(1),
-                        false,
-                    )
-                    .squeeze_dim(1)
-                    .to_kind(Kind::Double)
-                    .to_device(tch::Device::Cpu);
-                let values: Vec<f64> = Vec::try_from(&logp).unwrap_or_default();
-                for (v, &i) in values.iter().zip(&owner) {
-                    sums[i] += v;
-                }
-            }
-        }
-        sums
-    });
+    let sums = tch::no_grad(|| packed_sums(model, &q.prompt, &q.choices));
     Ok(sums
         .into_iter()
         .zip(q.choices.iter().zip(&q.norm_lengths))
@@ -137,6 +82,71 @@ pub fn score_question(
             norm_length,
         })
         .collect())
+}
+
+/// The summed log-probability of each choice after `prompt`, from one forward of the prompt and
+/// every choice but its last token packed into one row: a choice's tokens sit at the positions
+/// after the prompt and attend to the prompt and to their own choice's earlier tokens only, so
+/// each choice is scored as if it ran alone after the prompt (module docs).
+fn packed_sums(model: &LlamaModel, prompt: &[i64], choices: &[Vec<i64>]) -> Vec<f64> {
+    let device = model.device();
+    let p = prompt.len();
+    let mut ids = prompt.to_vec();
+    let mut positions: Vec<i64> = (0..p as i64).collect();
+    let mut starts = Vec::with_capacity(choices.len());
+    for c in choices {
+        starts.push(ids.len());
+        ids.extend_from_slice(&c[..c.len() - 1]);
+        positions.extend(p as i64..(p + c.len() - 1) as i64);
+    }
+    let t = ids.len();
+    let mut allowed = vec![0u8; t * t];
+    for i in 0..t {
+        let row = &mut allowed[i * t..(i + 1) * t];
+        row[..p.min(i + 1)].fill(1);
+        if i >= p {
+            let own = starts.iter().rev().find(|&&s| s <= i).copied().unwrap_or(p);
+            row[own..=i].fill(1);
+        }
+    }
+    // Row 0 of the scored rows is the prompt's last position (it predicts every choice's
+    // first token); a choice's token at packed index k predicts its next token.
+    let mut rows = vec![(p - 1) as i64];
+    let mut entries = Vec::new(); // (index into rows, target token, choice)
+    for (i, c) in choices.iter().enumerate() {
+        entries.push((0usize, c[0], i));
+        for k in 0..c.len() - 1 {
+            entries.push((rows.len(), c[k + 1], i));
+            rows.push((starts[i] + k) as i64);
+        }
+    }
+    let hidden = model.forward_packed(
+        &Tensor::from_slice(&ids).to_device(device).unsqueeze(0),
+        &Tensor::from_slice(&positions),
+        &Tensor::from_slice(&allowed)
+            .view([t as i64, t as i64])
+            .to_kind(Kind::Bool),
+    );
+    let selected = hidden
+        .get(0)
+        .index_select(0, &Tensor::from_slice(&rows).to_device(device));
+    let logp = model.logits(&selected).log_softmax(-1, Kind::Float);
+    let vocab = logp.size()[1];
+    let flat: Vec<i64> = entries
+        .iter()
+        .map(|&(r, target, _)| r as i64 * vocab + target)
+        .collect();
+    let picked = logp
+        .view([-1])
+        .index_select(0, &Tensor::from_slice(&flat).to_device(device))
+        .to_kind(Kind::Double)
+        .to_device(tch::Device::Cpu);
+    let values: Vec<f64> = Vec::try_from(&picked).unwrap_or_default();
+    let mut sums = vec![0.0; choices.len()];
+    for (v, &(_, _, i)) in values.iter().zip(&entries) {
+        sums[i] += v;
+    }
+    sums
 }
 
 /// Accuracy on one task.

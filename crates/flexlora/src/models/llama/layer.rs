@@ -69,20 +69,6 @@ impl KvCache {
         self.len == 0
     }
 
-    /// Repeats a cache filled for one sequence `n` times along the batch, so `n`
-    /// continuations of the same prompt share its keys and values (views, no copies).
-    pub fn repeat_batch(&mut self, n: i64) {
-        for (k, v) in self.layers.iter_mut().flatten() {
-            let expand = |t: &Tensor| {
-                let mut s = t.size();
-                s[0] = n;
-                t.expand(s, false)
-            };
-            *k = expand(k);
-            *v = expand(v);
-        }
-    }
-
     pub(crate) fn layer(&mut self, i: usize) -> &mut Option<(Tensor, Tensor)> {
         if self.layers.len() <= i {
             self.layers.resize_with(i + 1, || None);

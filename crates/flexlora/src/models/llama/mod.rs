@@ -105,26 +105,54 @@ impl LlamaModel {
         &self,
         input_ids: &Tensor,
         attention_mask: Option<&Tensor>,
-        mut cache: Option<&mut KvCache>,
+        cache: Option<&mut KvCache>,
         train: bool,
     ) -> Tensor {
         let tokens = input_ids.size()[1];
         let past = cache.as_ref().map_or(0, |c| c.len());
         let positions = Tensor::arange_start(past, past + tokens, (Kind::Int64, self.device));
-        let (cos, sin) = self.rotary(&positions);
         let mask = allowed_keys(attention_mask, past, tokens, self.device);
+        self.layers_forward(input_ids, &positions, mask.as_ref(), cache, train)
+    }
+
+    /// Final hidden states `[1, tokens, hidden]` of several sequences packed into one row
+    /// (`input_ids` `[1, tokens]`): token `i` sits at rotary position `positions[i]` and
+    /// attends to the keys `allowed[i, j]` (`[tokens, tokens]`, bool) permits. A prompt and
+    /// its continuations packed this way (each continuation seeing the prompt and itself)
+    /// score all continuations in one forward without copying the prompt's keys and values;
+    /// the result equals running each sequence on its own, up to float rounding.
+    pub fn forward_packed(
+        &self,
+        input_ids: &Tensor,
+        positions: &Tensor,
+        allowed: &Tensor,
+    ) -> Tensor {
+        let mask = allowed.to_device(self.device).unsqueeze(0).unsqueeze(0);
+        self.layers_forward(
+            input_ids,
+            &positions.to_device(self.device),
+            Some(&mask),
+            None,
+            false,
+        )
+    }
+
+    /// Embedding, every layer and the final RMSNorm at the given rotary `positions` and
+    /// attention `mask` (`None`: causal).
+    fn layers_forward(
+        &self,
+        input_ids: &Tensor,
+        positions: &Tensor,
+        mask: Option<&Tensor>,
+        mut cache: Option<&mut KvCache>,
+        train: bool,
+    ) -> Tensor {
+        let tokens = input_ids.size()[1];
+        let (cos, sin) = self.rotary(positions);
         let mut x = Tensor::embedding(&self.embed_tokens, input_ids, -1, false, false);
         for (i, layer) in self.layers.iter().enumerate() {
             let layer_cache = cache.as_deref_mut().map(|c| c.layer(i));
-            x = layer.forward(
-                &self.config,
-                &x,
-                &cos,
-                &sin,
-                mask.as_ref(),
-                layer_cache,
-                train,
-            );
+            x = layer.forward(&self.config, &x, &cos, &sin, mask, layer_cache, train);
         }
         if let Some(c) = cache {
             c.advance(tokens);
