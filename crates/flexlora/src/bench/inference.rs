@@ -462,14 +462,17 @@ fn compare(variant: &str, ours: &VariantResult, theirs: &VariantResult) -> Agree
     }
 }
 
-fn argmax(v: &[f64]) -> usize {
-    let mut best = 0;
-    for (i, x) in v.iter().enumerate() {
-        if *x > v[best] {
-            best = i;
-        }
-    }
-    best
+/// The choice `lm-eval` picks by summed log-probability ([`crate::lm::score::pick`]).
+fn argmax(logprobs: &[f64]) -> usize {
+    let scores: Vec<crate::lm::ChoiceScore> = logprobs
+        .iter()
+        .map(|&logprob| crate::lm::ChoiceScore {
+            logprob,
+            tokens: 0,
+            norm_length: 1,
+        })
+        .collect();
+    crate::lm::score::pick(&scores, false)
 }
 
 /// The report as Markdown: throughputs with flexlora's ratio to the other side, then the
